@@ -1,0 +1,34 @@
+"""The harness's exception types: one family, each naming what was wrong."""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    """Base of every error the harness raises on purpose."""
+
+
+class ConfigError(HarnessError):
+    """A machine description, option or argument is invalid; raised before anything runs."""
+
+
+class DecodeError(HarnessError, ValueError):
+    """Bytes or a register value cannot be decoded: names the field that is wrong.
+
+    Every decoder in ``harness.vtd``, ``harness.smmuv3``, ``harness.pgtable`` and
+    ``harness.rings`` raises only this type for bad input (short buffers, reserved bits
+    set, impossible field values).
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class EncodeError(HarnessError, ValueError):
+    """A value cannot be encoded into the named field (out of range, misaligned, ...)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
