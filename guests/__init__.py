@@ -1,0 +1,1 @@
+"""Code that runs inside guests: the agent and its guest-side helpers."""

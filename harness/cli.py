@@ -1,14 +1,24 @@
-"""Command line: ``python -m harness {images,boot,run,repro}``."""
+"""Command line: ``python -m harness {images,boot,run,repro}``.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` and
+``run(args) -> int``; this module only dispatches and turns ``HarnessError`` into a
+one-line message and a non-zero exit.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from harness.errors import HarnessError
 
-Handler = Callable[[argparse.Namespace], int]
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "images": ("harness.images.command", "build or locate guest kernels and root filesystems"),
+    "boot": ("harness.commands.boot", "boot a guest with a vIOMMU and print how to reach it"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,31 +28,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _not_yet(name: str) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        print(f"harness {name}: not implemented yet", file=sys.stderr)
-        return 3
-
-    return handler
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="harness", description=__doc__)
+    parser = _Parser(prog="harness", description="vIOMMU nesting test harness")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in ("images", "boot", "run", "repro"):
-        p = sub.add_parser(name)
-        p.set_defaults(handler=_not_yet(name))
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure(p)
+        p.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Handler = args.handler
+    args = build_parser().parse_args(argv)
     try:
-        return handler(args)
+        status: int = args.run(args)
+        return status
     except HarnessError as exc:
-        print(f"harness {args.command}: {exc}", file=sys.stderr)
+        print(f"harness {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"harness {args.command}: interrupted", file=sys.stderr)

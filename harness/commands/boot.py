@@ -1,0 +1,81 @@
+"""``harness boot``: boot a guest with a vIOMMU and print how to reach it."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+from harness import images
+from harness.artifacts import new_artifacts_dir
+from harness.guest import Guest
+from harness.profiles import VIOMMU_FOR_ARCH, guest_machine, make_viommu
+from harness.qemu.machine import MachineError
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
+    parsed: Any = value
+    if value.lower() in ("on", "true", "yes"):
+        parsed = True
+    elif value.lower() in ("off", "false", "no"):
+        parsed = False
+    elif value.isdigit():
+        parsed = int(value)
+    return key.replace("-", "_"), parsed
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", choices=("x86_64", "arm64"), default="x86_64")
+    parser.add_argument("--viommu", choices=("vtd", "smmuv3", "none", "auto"), default="auto")
+    parser.add_argument(
+        "--viommu-opt", type=_option, action="append", default=[], metavar="NAME=VALUE",
+        help="vIOMMU option, e.g. flts=off, aw_bits=39, stage=2 (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", action="append", default=[], help="device to add, e.g. edu (repeatable)"
+    )
+    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    parser.add_argument("--qemu", help="QEMU binary (default: the installed one)")
+    parser.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
+    parser.add_argument("--firmware", choices=("direct", "uefi"), default="direct")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--keep", action="store_true", help="keep the guest until Ctrl-C")
+    group.add_argument("--run", metavar="CMD", help="run CMD in the guest, exit with its status")
+
+
+def run(args: argparse.Namespace) -> int:
+    kind = VIOMMU_FOR_ARCH[args.arch] if args.viommu == "auto" else args.viommu
+    viommu = make_viommu(kind, dict(args.viommu_opt))
+    image = images.ensure(args.arch)
+    machine = guest_machine(
+        image, viommu, args.device, accel=args.accel, memory_mb=args.memory,
+        firmware=args.firmware,
+    )  # fmt: skip
+    artifacts = new_artifacts_dir(f"boot-{args.arch}-{kind}")
+    with Guest(machine, artifacts, ready_marker=image.ready_marker, qemu=args.qemu) as guest:
+        print(f"guest up ({guest.vm.accel}, {guest.timings['boot_to_agent_s']:.1f}s)")
+        print(f"  ssh:       {guest.ssh_command()}")
+        print(f"  qmp:       {guest.vm.qmp_socket}")
+        print(f"  console:   {guest.vm.console_log}")
+        print(f"  artifacts: {artifacts}")
+        if args.run is not None:
+            result = guest.run(args.run)
+            sys.stdout.write(result.stdout)
+            sys.stderr.write(result.stderr)
+            return result.status
+        if args.keep:
+            print("keeping the guest alive; Ctrl-C to tear down", flush=True)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                while not stop.wait(0.5):
+                    if (cause := guest.vm.health().cause) is not None:
+                        raise MachineError(f"guest stopped: {cause}", guest.artifacts)
+            except KeyboardInterrupt:
+                print("tearing down")
+    return 0

@@ -1,0 +1,128 @@
+"""A booted guest with its agent: the object scenarios, tests and the CLI work with.
+
+``Guest`` = ``QemuMachine`` (QEMU, QMP, console) + a per-run SSH key + ``Agent``.
+Entering boots and connects; leaving saves the guest's dmesg into the artifacts and
+tears everything down, whatever happened in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from harness.agent.client import Agent, AgentError, CommandResult, connect_ssh
+from harness.agent.keys import make_run_key
+from harness.qemu.description import Machine
+from harness.qemu.machine import QemuMachine
+
+
+class Guest:
+    """Boot ``machine``, wait for its ready marker, connect the agent."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        artifacts: Path,
+        *,
+        ready_marker: str,
+        name: str = "guest",
+        qemu: str | None = None,
+        boot_timeout: float | None = None,
+        ssh_timeout: float = 120.0,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.log = log or (lambda msg: print(f"[{name}] {msg}", file=sys.stderr))
+        self.vm = QemuMachine(
+            machine, artifacts, name=name, qemu=qemu, ready_marker=ready_marker, log=self.log
+        )
+        self.artifacts = artifacts
+        self.boot_timeout = boot_timeout
+        self.ssh_timeout = ssh_timeout
+        self.agent: Agent | None = None
+        self.timings: dict[str, float] = {}
+        self._key_file: Path | None = None
+
+    def __enter__(self) -> Guest:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _health(self) -> str | None:
+        return self.vm.health().cause
+
+    def start(self) -> None:
+        key = make_run_key(self.vm.run_dir)
+        self._key_file = key.private_key
+        self.vm.authorized_key = key.public_line
+        t0 = time.monotonic()
+        self.vm.launch(ready_timeout=self.boot_timeout)
+        self.timings["boot_to_marker_s"] = time.monotonic() - t0
+        assert self.vm.ssh_port is not None
+        ssh = connect_ssh(self.vm.ssh_port, key.private_key, self.ssh_timeout, self._health)
+        self.timings["boot_to_ssh_s"] = time.monotonic() - t0
+        agent = Agent(ssh, self.artifacts / "agent.log", health=self._health)
+        self.agent = agent
+        agent.start()
+        self.timings["boot_to_agent_s"] = time.monotonic() - t0
+        self._write_timings()
+        self.log(f"ready in {self.timings['boot_to_agent_s']:.1f}s ({self.vm.accel})")
+
+    def _write_timings(self) -> None:
+        (self.artifacts / "timings.json").write_text(json.dumps(self.timings, indent=1) + "\n")
+
+    def call(self, method: str, timeout: float = 120.0, **params: Any) -> Any:
+        """Call an agent method in the guest."""
+        if self.agent is None:
+            raise AgentError("guest agent is not connected")
+        return self.agent.call(method, timeout=timeout, **params)
+
+    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
+        if self.agent is None:
+            raise AgentError("guest agent is not connected")
+        return self.agent.run(command, timeout)
+
+    def ssh_command(self) -> str:
+        """How a human attaches to this guest."""
+        return " ".join(
+            [
+                "ssh", "-i", shlex.quote(str(self._key_file)), "-p", str(self.vm.ssh_port),
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "root@127.0.0.1",
+            ]
+        )  # fmt: skip
+
+    def save_dmesg(self) -> None:
+        """Best-effort: the guest's kernel log into the artifacts."""
+        if self.agent is None or self.vm.health().cause is not None:
+            return
+        with contextlib.suppress(AgentError):
+            text = self.agent.call("system.dmesg", timeout=15)
+            (self.artifacts / "dmesg.txt").write_text(text)
+
+    def close(self) -> None:
+        """Save dmesg, close the agent and SSH, stop QEMU, remove the run dir."""
+        try:
+            self.save_dmesg()
+        finally:
+            if self.agent is not None:
+                self.agent.close()
+                self.agent = None
+            self.vm.close()

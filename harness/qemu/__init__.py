@@ -1,0 +1,1 @@
+"""QEMU machines: description -> argv, capability probing, lifecycle, QMP and traces."""

@@ -1,0 +1,312 @@
+"""Declarative, validated description of a guest machine.
+
+A ``Machine`` says *what* to boot: architecture, accelerator, CPU, memory, kernel and
+root filesystem, the vIOMMU with its options, and devices.  It is checked as a whole by
+``Machine.validate()`` (and at construction) so an invalid combination is refused, with
+the option named, before anything is launched.  ``harness.qemu.argv`` turns it into a
+command line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.errors import ConfigError
+
+Arch = Literal["x86_64", "arm64"]
+Accel = Literal["kvm", "tcg", "auto"]
+OnOffAuto = Literal["on", "off", "auto"]
+
+ARCHES: tuple[str, ...] = ("x86_64", "arm64")
+ACCELS: tuple[str, ...] = ("kvm", "tcg", "auto")
+_BDF = re.compile(r"^(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+def _check_id(owner: str, value: str) -> None:
+    if not _ID.match(value):
+        raise ConfigError(f"{owner}.id: {value!r} is not a valid QEMU id")
+
+
+@dataclass(frozen=True)
+class IntelIommu:
+    """QEMU's emulated VT-d (``-device intel-iommu``); ``None`` keeps QEMU's default."""
+
+    aw_bits: int | None = None
+    scalable_mode: bool | None = None
+    flts: bool | None = None
+    pasid_mode: bool | None = None
+    caching_mode: bool | None = None
+    device_iotlb: bool | None = None
+    intremap: OnOffAuto | None = None
+    snoop_control: bool | None = None
+    dma_drain: bool | None = None
+    pt: bool | None = None
+    fs1gp: bool | None = None
+
+    kind = "vtd"
+
+    #: field name -> QEMU property name
+    PROPERTIES = {
+        "aw_bits": "aw-bits",
+        "scalable_mode": "x-scalable-mode",
+        "flts": "x-flts",
+        "pasid_mode": "x-pasid-mode",
+        "caching_mode": "caching-mode",
+        "device_iotlb": "device-iotlb",
+        "intremap": "intremap",
+        "snoop_control": "snoop-control",
+        "dma_drain": "dma-drain",
+        "pt": "pt",
+        "fs1gp": "fs1gp",
+    }
+
+    def properties(self) -> dict[str, Any]:
+        """The QEMU properties this description sets, in a fixed order."""
+        return {
+            prop: getattr(self, name)
+            for name, prop in self.PROPERTIES.items()
+            if getattr(self, name) is not None
+        }
+
+    def validate(self) -> None:
+        if self.aw_bits is not None and self.aw_bits not in (39, 48):
+            raise ConfigError(f"intel-iommu aw-bits={self.aw_bits}: QEMU supports 39 or 48")
+        if self.flts and not self.scalable_mode:
+            raise ConfigError("intel-iommu x-flts=on needs x-scalable-mode=on")
+        if self.pasid_mode and not self.scalable_mode:
+            raise ConfigError("intel-iommu x-pasid-mode=on needs x-scalable-mode=on")
+        if self.intremap is not None and self.intremap not in ("on", "off", "auto"):
+            raise ConfigError(f"intel-iommu intremap={self.intremap!r}: expected on/off/auto")
+
+
+@dataclass(frozen=True)
+class SmmuV3:
+    """QEMU's emulated SMMUv3: the machine's (``virt,iommu=smmuv3``) or ``-device arm-smmuv3``."""
+
+    stage: Literal["1", "2", "nested"] | None = None
+    device: bool = False
+    primary_bus: str = "pcie.0"
+    accel: bool | None = None
+    ats: bool | None = None
+    ril: bool | None = None
+    pasid: bool | None = None
+    oas: int | None = None
+
+    kind = "smmuv3"
+
+    #: properties only the user-creatable device has (newer QEMU)
+    DEVICE_ONLY = {"accel": "accel", "ats": "ats", "ril": "ril", "pasid": "pasid", "oas": "oas"}
+
+    def properties(self) -> dict[str, Any]:
+        """The QEMU ``arm-smmuv3`` properties this description sets."""
+        props: dict[str, Any] = {}
+        if self.device:
+            props["primary-bus"] = self.primary_bus
+        if self.stage is not None:
+            props["stage"] = self.stage
+        for name, prop in self.DEVICE_ONLY.items():
+            if getattr(self, name) is not None:
+                props[prop] = getattr(self, name)
+        return props
+
+    def validate(self) -> None:
+        if self.stage is not None and self.stage not in ("1", "2", "nested"):
+            raise ConfigError(f"arm-smmuv3 stage={self.stage!r}: expected 1, 2 or nested")
+        if not self.device:
+            for name in self.DEVICE_ONLY:
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"arm-smmuv3 {name}: only the user-creatable -device arm-smmuv3 has it"
+                        " (set device=True)"
+                    )
+        if self.accel and not self.device:
+            raise ConfigError("arm-smmuv3 accel=on needs device=True")
+        if self.oas is not None and self.oas not in (32, 36, 40, 42, 44, 48, 52):
+            raise ConfigError(f"arm-smmuv3 oas={self.oas}: not an SMMUv3 output size")
+
+
+@dataclass(frozen=True)
+class Edu:
+    """QEMU's educational PCI device: a simple DMA engine that the guest binds to vfio-pci."""
+
+    id: str = "edu0"
+    dma_mask: int | None = None
+    addr: str | None = None
+
+    def validate(self) -> None:
+        _check_id("edu", self.id)
+        if self.dma_mask is not None and not 0 < self.dma_mask < 1 << 64:
+            raise ConfigError(f"edu.dma_mask={self.dma_mask:#x}: must be a non-zero 64-bit mask")
+
+
+@dataclass(frozen=True)
+class VfioPci:
+    """A host PCI device passed through with vfio-pci (tier 3)."""
+
+    host: str = ""
+    backend: Literal["container", "iommufd"] = "iommufd"
+    id: str = "hostdev0"
+
+    def validate(self) -> None:
+        _check_id("vfio-pci", self.id)
+        if not self.host:
+            raise ConfigError("vfio-pci: host BDF is required (e.g. host='0000:01:00.0')")
+        if not _BDF.match(self.host):
+            raise ConfigError(f"vfio-pci host={self.host!r}: not a PCI address DDDD:BB:DD.F")
+        if self.backend not in ("container", "iommufd"):
+            raise ConfigError(f"vfio-pci backend={self.backend!r}: expected container or iommufd")
+
+
+@dataclass(frozen=True)
+class UserNic:
+    """User-mode networking with SSH forwarded from 127.0.0.1 only."""
+
+    model: str | None = None  # None: virtio-net-pci on x86_64, virtio-mmio on arm64
+    id: str = "net0"
+
+    def validate(self) -> None:
+        _check_id("nic", self.id)
+
+
+@dataclass(frozen=True)
+class Pvpanic:
+    """pvpanic: a guest panic becomes a ``GUEST_PANICKED`` QMP event."""
+
+    def validate(self) -> None:
+        pass
+
+
+Device = Edu | VfioPci | UserNic | Pvpanic
+Viommu = IntelIommu | SmmuV3
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Everything that determines the QEMU command line of a guest."""
+
+    arch: Arch
+    kernel: Path
+    initrd: Path
+    accel: Accel = "auto"
+    cpu: str | None = None
+    memory_mb: int = 2048
+    smp: int = 2
+    append: str = ""
+    console: str | None = None
+    firmware: Literal["direct", "uefi"] = "direct"
+    uefi_code: Path | None = None
+    viommu: Viommu | None = None
+    devices: tuple[Device, ...] = field(default_factory=tuple)
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse invalid combinations, naming the option."""
+        if self.arch not in ARCHES:
+            raise ConfigError(f"arch={self.arch!r}: expected one of {', '.join(ARCHES)}")
+        if self.accel not in ACCELS:
+            raise ConfigError(f"accel={self.accel!r}: expected one of {', '.join(ACCELS)}")
+        if not 64 <= self.memory_mb <= 64 * 1024:
+            raise ConfigError(f"memory_mb={self.memory_mb}: expected 64..65536")
+        if not 1 <= self.smp <= 64:
+            raise ConfigError(f"smp={self.smp}: expected 1..64")
+        if self.firmware not in ("direct", "uefi"):
+            raise ConfigError(f"firmware={self.firmware!r}: expected direct or uefi")
+        if self.firmware == "uefi":
+            if self.arch != "arm64":
+                raise ConfigError("firmware=uefi is supported for arm64 guests only")
+            if self.uefi_code is None:
+                raise ConfigError("firmware=uefi needs uefi_code (QEMU_EFI.fd)")
+        if isinstance(self.viommu, SmmuV3) and self.arch != "arm64":
+            raise ConfigError("viommu=smmuv3 needs arch=arm64 (SMMUv3 is an Arm IOMMU)")
+        if isinstance(self.viommu, IntelIommu) and self.arch != "x86_64":
+            raise ConfigError("viommu=vtd needs arch=x86_64 (intel-iommu is a q35 device)")
+        if self.viommu is not None:
+            self.viommu.validate()
+        ids: set[str] = set()
+        for dev in self.devices:
+            dev.validate()
+            dev_id = getattr(dev, "id", None)
+            if dev_id is not None:
+                if dev_id in ids:
+                    raise ConfigError(f"device id {dev_id!r} is used twice")
+                ids.add(dev_id)
+        if sum(isinstance(d, UserNic) for d in self.devices) > 1:
+            raise ConfigError("only one user-mode NIC (the SSH path) is supported")
+        if sum(isinstance(d, Pvpanic) for d in self.devices) > 1:
+            raise ConfigError("pvpanic given twice")
+
+    def with_(self, **changes: Any) -> Machine:
+        """A copy with ``changes`` applied (and validated)."""
+        return replace(self, **changes)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able form, for artifacts and repro bundles."""
+        described: dict[str, Any] = _to_jsonable(self)
+        return described
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple | list):
+        return [_to_jsonable(x) for x in obj]
+    if hasattr(obj, "__dataclass_fields__"):
+        out = {"type": type(obj).__name__}
+        for f in fields(obj):
+            out[f.name] = _to_jsonable(getattr(obj, f.name))
+        return out
+    return obj
+
+
+_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls for cls in (IntelIommu, SmmuV3, Edu, VfioPci, UserNic, Pvpanic)
+}
+
+
+def machine_from_dict(data: dict[str, Any]) -> Machine:
+    """Rebuild a ``Machine`` from ``Machine.describe()`` output; ConfigError names bad keys."""
+
+    def build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected an object, got {type(raw).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key == "type":
+                continue
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: unknown field of {cls.__name__}")
+            kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def nested(raw: Any, where: str) -> Any:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or raw.get("type") not in _TYPES:
+            raise ConfigError(f"{where}: unknown or missing 'type' ({raw!r:.60})")
+        return build(_TYPES[raw["type"]], raw, where)
+
+    if not isinstance(data, dict):
+        raise ConfigError("machine: expected an object")
+    raw = dict(data)
+    raw.pop("type", None)
+    for key in ("kernel", "initrd", "uefi_code"):
+        if raw.get(key) is not None:
+            raw[key] = Path(raw[key])
+    raw["viommu"] = nested(raw.get("viommu"), "machine.viommu")
+    raw["devices"] = tuple(
+        nested(d, f"machine.devices[{i}]") for i, d in enumerate(raw.get("devices") or [])
+    )
+    raw["extra_args"] = tuple(raw.get("extra_args") or ())
+    result: Machine = build(Machine, raw, "machine")
+    return result

@@ -1,0 +1,1 @@
+"""Nesting scenarios: host halves (boot config, QMP, checks) and guest halves (``guest``)."""
