@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Self
+from typing import Any, ClassVar, Self
+
+from harness.errors import DecodeError
 
 
 class _Fields:
     """Mixin shared by structures and unions."""
 
-    _fields_: Any
+    _fields_: ClassVar[Any]
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Self:
         """Decode ``data``; it must hold at least ``sizeof(cls)`` bytes."""
         size = ctypes.sizeof(cls)  # type: ignore[arg-type]
         if len(data) < size:
-            raise ValueError(f"{cls.__name__}: need {size} bytes, got {len(data)}")
+            raise DecodeError(cls.__name__, f"need {size} bytes, got {len(data)}")
         return cls.from_buffer_copy(bytes(data[:size]))  # type: ignore[attr-defined,no-any-return]
 
     def to_bytes(self) -> bytes:
-        return bytes(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def size(cls) -> int:
-        return ctypes.sizeof(cls)  # type: ignore[arg-type]
+        return bytes(self)  # type: ignore[call-overload,no-any-return]
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
