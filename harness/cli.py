@@ -18,6 +18,7 @@ from harness.errors import HarnessError
 COMMANDS: dict[str, tuple[str, str]] = {
     "images": ("harness.images.command", "build or locate guest kernels and root filesystems"),
     "boot": ("harness.commands.boot", "boot a guest with a vIOMMU and print how to reach it"),
+    "run": ("harness.commands.run", "run one scenario and print its verdict"),
 }
 
 
