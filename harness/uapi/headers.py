@@ -30,9 +30,12 @@ from typing import TextIO
 from harness.errors import HarnessError
 
 DEFAULT_TARBALL = Path("/usr/src/linux-source-7.3.tar.xz")
+#: kernel sources kept beside the headers: drivers and selftests that unit tests read
+#: to cross-check the models (register macros, reason tables, log formats)
+REFERENCE_SOURCES = ("drivers/iommu", "tools/testing/selftests/iommu")
 SELFTEST_HEADER = "drivers/iommu/iommufd/iommufd_test.h"
 REQUIRED_TOOLS = ("tar", "xz", "make", "gcc", "rsync")
-_RECIPE = "r1"
+_RECIPE = "r2"
 _MACHINE_TO_ARCH = {
     "x86_64": "x86",
     "amd64": "x86",
@@ -78,10 +81,17 @@ class UapiHeaders:
         """The ``-I`` directories a program including any of these headers needs."""
         return (self.include_dir, self.selftest_dir)
 
+    @property
+    def source_dir(self) -> Path:
+        """Kernel sources the unit tests cross-check against (``REFERENCE_SOURCES``)."""
+        return self.root / "source"
+
     def is_complete(self) -> bool:
         return (
-            self.include_dir / "linux" / "iommufd.h"
-        ).is_file() and self.iommufd_test_h.is_file()
+            (self.include_dir / "linux" / "iommufd.h").is_file()
+            and self.iommufd_test_h.is_file()
+            and (self.source_dir / "drivers" / "iommu").is_dir()
+        )
 
 
 def cache_root() -> Path:
@@ -181,8 +191,8 @@ def _build(tarball: Path, arch: str, work: Path, entry: Path, log: TextIO | None
     top = _top_directory(tarball)
     src = work / "src"
     src.mkdir()
-    members = ["Makefile", "scripts", "include/uapi", f"arch/{arch}", SELFTEST_HEADER]
-    _log(log, f"extracting {', '.join(members[:-1])} from {tarball} (about 20-40 s)")
+    members = ["Makefile", "scripts", "include/uapi", f"arch/{arch}", *REFERENCE_SOURCES]
+    _log(log, f"extracting {', '.join(members)} from {tarball} (about 20-40 s)")
     _run(
         ["tar", "-xf", str(tarball), "-C", str(src), "--strip-components=1"]
         + [f"{top}/{member}" for member in members],
@@ -203,6 +213,8 @@ def _build(tarball: Path, arch: str, work: Path, entry: Path, log: TextIO | None
     )
     (entry / "selftest").mkdir()
     shutil.copy2(src / SELFTEST_HEADER, entry / "selftest" / "iommufd_test.h")
+    for member in REFERENCE_SOURCES:
+        shutil.copytree(src / member, entry / "source" / member)
     provenance = {"tarball": str(tarball), "arch": arch, "built": time.strftime("%FT%T%z")}
     (entry / "PROVENANCE.json").write_text(json.dumps(provenance, indent=1) + "\n")
 

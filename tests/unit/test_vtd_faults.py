@@ -17,7 +17,7 @@ from harness.vtd.reasons import fault_kind
 
 pytestmark = pytest.mark.tier0
 
-KSRC = Path(os.environ.get("VIOMMU_KSRC", "/tmp/ksrc/linux-source-7.3"))
+KSRC = Path(os.environ.get("VIOMMU_KSRC", "/nonexistent"))
 DMAR_C = KSRC / "drivers/iommu/intel/dmar.c"
 
 

@@ -24,7 +24,7 @@ ECAP_FLTS = 0x0000880000F00F4A  # ... plus x-flts=on
 CAP_SLTS = 0x00D2008C222F0686
 ECAP_SLTS = 0x0000480080F00F4A  # ... without x-flts
 
-KSRC = Path(os.environ.get("VIOMMU_KSRC", "/tmp/ksrc/linux-source-7.3"))
+KSRC = Path(os.environ.get("VIOMMU_KSRC", "/nonexistent"))
 IOMMU_H = KSRC / "drivers/iommu/intel/iommu.h"
 
 # drivers/iommu/intel/iommu.h (Linux 7.3), transcribed: name -> (macro, our reading).
