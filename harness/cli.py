@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "images": ("harness.images.command", "build or locate guest kernels and root filesystems"),
     "boot": ("harness.commands.boot", "boot a guest with a vIOMMU and print how to reach it"),
     "run": ("harness.commands.run", "run one scenario and print its verdict"),
+    "repro": ("harness.commands.repro", "boot a failed run's configuration from its repro bundle"),
+    "qualify": ("harness.commands.qualify", "run the avocado qualification job over a matrix"),
 }
 
 
@@ -36,14 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.configure(p)
-        p.set_defaults(run=module.run)
+        p.set_defaults(_handler=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        status: int = args.run(args)
+        status: int = args._handler(args)
         return status
     except HarnessError as exc:
         print(f"harness {args.command}: error: {exc}", file=sys.stderr)

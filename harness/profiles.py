@@ -79,7 +79,10 @@ def guest_machine(
     firmware: str = "direct",
 ) -> Machine:
     """The machine for a ``harness.images.GuestImage`` with the given vIOMMU and devices."""
-    extra = "acpi=force" if firmware == "uefi" else ""
+    # console= and panic= come from the machine layer; the image may add more
+    image_args = [a for a in image.cmdline if not a.startswith(("console=", "panic="))]
+    if firmware == "uefi":
+        image_args.append("acpi=force")
     return Machine(
         arch=image.arch,
         kernel=image.kernel,
@@ -87,10 +90,10 @@ def guest_machine(
         accel=accel,  # type: ignore[arg-type]
         memory_mb=memory_mb,
         smp=smp,
-        append=" ".join(filter(None, [getattr(image, "cmdline", ""), extra, append])),
+        append=" ".join([*image_args, append]).strip(),
         console=image.console,
         firmware=firmware,  # type: ignore[arg-type]
-        uefi_code=getattr(image, "uefi_code", None) if firmware == "uefi" else None,
+        uefi_code=image.uefi_firmware if firmware == "uefi" else None,
         viommu=viommu,
         devices=make_devices(devices),
     )

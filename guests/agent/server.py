@@ -19,10 +19,14 @@ from guests.agent.protocol import PROTOCOL_VERSION, ProtocolError, decode, encod
 Method = Callable[..., Any]
 _METHODS: dict[str, Method] = {}
 
-#: modules whose ``@method`` functions make up the agent's API; in addition every module
-#: of the package ``harness.scenarios.guest`` (the guest halves of scenarios) is loaded.
-METHOD_MODULES = ("guests.agent.system", "guests.agent.pci")
+#: built-in method modules; every module of ``SCENARIO_PACKAGE`` (the guest halves of
+#: scenarios) is available too.  Modules are imported on first use: compiling Python
+#: is slow under TCG, and a broken guest half must not take the agent down.
+BUILTIN_MODULES = {"system": "guests.agent.system", "pci": "guests.agent.pci"}
 SCENARIO_PACKAGE = "harness.scenarios.guest"
+_MODULES: dict[str, str] = {}
+_LOADED: set[str] = set()
+_LOAD_ERRORS: dict[str, str] = {}
 
 
 def method(fn: Method) -> Method:
@@ -31,15 +35,26 @@ def method(fn: Method) -> Method:
     return fn
 
 
-def _load_methods() -> None:
-    for name in METHOD_MODULES:
-        importlib.import_module(name)
+def _discover() -> None:
+    _MODULES.update(BUILTIN_MODULES)
     try:
         package = importlib.import_module(SCENARIO_PACKAGE)
     except ModuleNotFoundError:
         return
-    for info in pkgutil.iter_modules(package.__path__, SCENARIO_PACKAGE + "."):
-        importlib.import_module(info.name)
+    for info in pkgutil.iter_modules(package.__path__):
+        _MODULES.setdefault(info.name, f"{SCENARIO_PACKAGE}.{info.name}")
+
+
+def _lookup(name: str) -> Method | None:
+    """The method ``module.function``, importing its module on first use."""
+    module = name.split(".", 1)[0]
+    if module in _MODULES and module not in _LOADED and module not in _LOAD_ERRORS:
+        try:
+            importlib.import_module(_MODULES[module])
+            _LOADED.add(module)
+        except Exception as exc:
+            _LOAD_ERRORS[module] = f"{type(exc).__name__}: {exc}"
+    return _METHODS.get(name)
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
@@ -64,10 +79,13 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(name, str) or not isinstance(params, dict):
         return {"id": req_id, "error": {"type": "ProtocolError", "message": "bad request"}}
     if name == "agent.hello":
-        return {"id": req_id, "result": {"protocol": PROTOCOL_VERSION, "methods": sorted(_METHODS)}}
-    fn = _METHODS.get(name)
+        result = {"protocol": PROTOCOL_VERSION, "modules": sorted(_MODULES)}
+        return {"id": req_id, "result": result}
+    fn = _lookup(name)
     if fn is None:
-        return {"id": req_id, "error": {"type": "UnknownMethod", "message": f"no method {name!r}"}}
+        why = _LOAD_ERRORS.get(name.split(".", 1)[0])
+        message = f"no method {name!r}" + (f" (its module failed to load: {why})" if why else "")
+        return {"id": req_id, "error": {"type": "UnknownMethod", "message": message}}
     try:
         return {"id": req_id, "result": fn(**params)}
     except Exception as exc:  # every failure goes back to the host
@@ -76,7 +94,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
 
 def serve(inp: BinaryIO, out: BinaryIO) -> int:
     """Answer requests until the host closes the channel."""
-    _load_methods()
+    _discover()
     while True:
         line = inp.readline()
         if not line:

@@ -23,6 +23,7 @@ SHIPPED = (
     "harness/vtd",
     "harness/smmuv3",
     "harness/pgtable",
+    "harness/devices",
     "harness/rings",
     "harness/scenarios",
     "guests",

@@ -9,14 +9,16 @@ whether QEMU died or the guest panicked.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import select
 import shlex
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import paramiko
 
@@ -26,7 +28,7 @@ from harness.errors import HarnessError
 
 #: Runs in the guest: read the bundle (length line + zip), cache it, serve on stdio.
 BOOTSTRAP = r"""
-import hashlib, os, sys
+import hashlib, os, sys, zipfile, io
 inp = sys.stdin.buffer
 n = int(inp.readline())
 data = b""
@@ -35,12 +37,16 @@ while len(data) < n:
     if not chunk:
         sys.exit("agent: bundle truncated")
     data += chunk
-os.makedirs("/run/viommu-agent", mode=0o700, exist_ok=True)
-path = "/run/viommu-agent/%s.zip" % hashlib.sha256(data).hexdigest()[:16]
-if not os.path.exists(path):
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
+root = "/run/viommu-agent"
+os.makedirs(root, mode=0o700, exist_ok=True)
+path = os.path.join(root, hashlib.sha256(data).hexdigest()[:16])
+if not os.path.isdir(path):
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    zipfile.ZipFile(io.BytesIO(data)).extractall(tmp)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        pass
 sys.path.insert(0, path)
 from guests.agent.server import serve
 sys.exit(serve(inp, sys.stdout.buffer))
@@ -140,12 +146,13 @@ class Agent:
         self._health = health
         self._log = open(log_path, "ab") if log_path else None  # noqa: SIM115
         self._channel: paramiko.Channel | None = None
-        self._reader: BinaryIO | None = None
+        self._buffer = b""
         self._next_id = 0
         self._broken: str | None = None
         self._lock = threading.Lock()
         self._stderr_thread: threading.Thread | None = None
-        self.methods: list[str] = []
+        self.modules: list[str] = []
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=5)
 
     def start(self, python: str = "python3") -> None:
         """Ship the code and start the server in the guest."""
@@ -157,12 +164,11 @@ class Agent:
         chan.exec_command(f"{shlex.quote(python)} -u -c {shlex.quote(BOOTSTRAP)}")
         chan.sendall(f"{len(data)}\n".encode() + data)
         self._channel = chan
-        self._reader = chan.makefile("rb")  # type: ignore[assignment]
         self._stderr_thread = threading.Thread(target=self._pump_stderr, daemon=True)
         self._stderr_thread.start()
         hello = self.call("agent.hello", timeout=60)
-        self.methods = list(hello["methods"])
-        self._write_log(f"agent started (bundle {digest}, {len(self.methods)} methods)\n")
+        self.modules = list(hello["modules"])
+        self._write_log(f"agent started (bundle {digest}, modules {', '.join(self.modules)})\n")
 
     def _pump_stderr(self) -> None:
         chan = self._channel
@@ -174,6 +180,7 @@ class Agent:
             if not data:
                 return
             self._write_log(data)
+            self._stderr_tail.extend(data.decode(errors="replace").splitlines())
 
     def _write_log(self, data: str | bytes) -> None:
         if self._log is not None:
@@ -182,28 +189,49 @@ class Agent:
 
     def _lost(self, what: str) -> AgentConnectionLostError:
         cause = self._health() if self._health else None
+        if cause is None and self._stderr_tail:
+            time.sleep(0.2)  # let the stderr pump catch the agent's last words
+            cause = f"agent stderr: {self._stderr_tail[-1]}"
         self._broken = f"{what}; {cause}" if cause else what
         return AgentConnectionLostError(self._broken)
+
+    def _readline(self, timeout: float, what: str) -> bytes:
+        """One reply line; meanwhile poll the machine's health so a dead guest fails fast."""
+        chan = self._channel
+        assert chan is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            if chan.recv_ready():
+                data = chan.recv(1 << 20)
+                if not data:
+                    raise self._lost(f"{what}: the agent's channel closed")
+                self._buffer += data
+                continue
+            if chan.closed or chan.eof_received:
+                raise self._lost(f"{what}: the agent's channel closed")
+            if self._health is not None and (cause := self._health()):
+                self._broken = f"{what}: {cause}"
+                raise AgentConnectionLostError(self._broken)
+            if time.monotonic() > deadline:
+                raise self._lost(f"{what}: no reply within {timeout:.0f}s")
+            select.select([chan], [], [], 0.25)
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line + b"\n"
 
     def call(self, method: str, timeout: float = 120.0, **params: Any) -> Any:
         """Call ``method`` in the guest and return its result."""
         with self._lock:
             if self._broken is not None:
                 raise AgentConnectionLostError(f"agent unusable: {self._broken}")
-            if self._channel is None or self._reader is None:
+            if self._channel is None:
                 raise AgentError("agent not started")
             self._next_id += 1
             req_id = self._next_id
             try:
-                self._channel.settimeout(timeout)
                 self._channel.sendall(encode({"id": req_id, "method": method, "params": params}))
-                line = self._reader.readline()
-            except TimeoutError:
-                raise self._lost(f"{method}: no reply within {timeout:.0f}s") from None
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 raise self._lost(f"{method}: connection lost ({exc})") from None
-            if not line:
-                raise self._lost(f"{method}: the agent's channel closed")
+            line = self._readline(timeout, method)
             try:
                 reply = decode(line)
             except ProtocolError as exc:

@@ -152,26 +152,25 @@ class QemuMachine:
         accel = resolved_accel(self.machine, accel_mod.kvm_verdict(self.machine.arch) is not False)
         for attempt in range(3):
             self.ssh_port = free_loopback_port()
-            self._start(accel)
             try:
+                self._start(accel)
                 if self.ready_marker is not None:
                     self.wait_ready(ready_timeout)
                 else:
                     self._wait_qmp()
                 break
-            except KvmInternalError as exc:
-                if self.machine.accel != "auto":
+            except MachineError as exc:
+                if not (accel == "kvm" and self.machine.accel == "auto"):
+                    if attempt < 2 and HOSTFWD_ERROR.search(self._stderr_text()):
+                        self._log(f"port {self.ssh_port} was taken; retrying with another")
+                        self._stop_process()
+                        continue
                     raise
+                # auto: a guest that does not come up under KVM means KVM is unusable here
                 accel_mod.record_kvm_verdict(self.machine.arch, usable=False, reason=exc.cause)
-                self._log(f"warning: {exc.cause}; KVM is unusable here, falling back to TCG")
+                self._log(f"warning: KVM unusable ({exc.cause}); falling back to TCG")
                 self._stop_process()
                 accel = "tcg"
-            except MachineError as exc:
-                if attempt < 2 and HOSTFWD_ERROR.search(self._stderr_text()):
-                    self._log(f"port {self.ssh_port} was taken; retrying with another")
-                    self._stop_process()
-                    continue
-                raise exc
         if accel == "kvm" and self.machine.accel == "auto" and self.ready_marker is not None:
             accel_mod.record_kvm_verdict(self.machine.arch, usable=True, reason="guest booted")
 
@@ -201,13 +200,18 @@ class QemuMachine:
             raise MachineError(f"cannot run {self.argv[0]}: {exc}", self.artifacts) from None
         self.qmp = QmpSession(self.artifacts / "qmp.jsonl")
         try:
-            self.qmp.connect(self.qmp_socket, timeout=15.0)
+            self.qmp.connect(self.qmp_socket, timeout=15.0, abort=self._exited)
         except QmpError as exc:
             self._raise_failure(f"QMP: {exc}")
         self._watch = threading.Thread(
             target=self._watchdog, name=f"watch-{self.name}", daemon=True
         )
         self._watch.start()
+
+    def _exited(self) -> str | None:
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        return self._detect().cause
 
     def _wait_qmp(self) -> None:
         assert self.qmp is not None

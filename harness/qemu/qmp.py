@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from qemu.qmp import EventListener, QMPClient, Runstate
+from qemu.qmp import EventListener, QMPClient, QMPError, Runstate
 from qemu.qmp.qmp_client import ExecuteError
 
 from harness.errors import HarnessError
@@ -120,16 +120,27 @@ class QmpSession:
 
     # -- public API ---------------------------------------------------------------------
 
-    def connect(self, socket_path: Path, timeout: float = 10.0) -> None:
-        """Connect (retrying until QEMU has created the socket) and negotiate."""
+    def connect(
+        self,
+        socket_path: Path,
+        timeout: float = 10.0,
+        abort: Callable[[], str | None] | None = None,
+    ) -> None:
+        """Connect (retrying until QEMU listens) and negotiate.
+
+        ``abort`` is polled between attempts: when it returns a reason (QEMU exited),
+        connecting stops with that reason instead of waiting out the timeout.
+        """
         deadline = time.monotonic() + timeout
-        last: Exception | None = None
+        last: Exception | str | None = None
         while time.monotonic() < deadline:
+            if abort is not None and (reason := abort()):
+                raise QmpError(f"no QMP connection on {socket_path}: {reason}")
             if socket_path.exists():
                 try:
                     self._run(self._client.connect(str(socket_path)), timeout)
                     break
-                except (OSError, EOFError) as exc:
+                except (OSError, EOFError, QMPError) as exc:
                     last = exc
             time.sleep(0.05)
         else:

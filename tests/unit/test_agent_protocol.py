@@ -7,10 +7,12 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from guests.agent import server
 from guests.agent.protocol import ProtocolError, decode, encode
 from harness.agent.bundle import agent_bundle
 from harness.agent.client import BOOTSTRAP
@@ -70,10 +72,22 @@ def test_bundle_is_deterministic_and_pure() -> None:
     assert not any(n.startswith(("harness/qemu/", "harness/agent/")) for n in names)
 
 
-def test_hello_lists_methods(agent: LocalAgent) -> None:
+def test_hello_lists_modules(agent: LocalAgent) -> None:
     result = agent.call("agent.hello")["result"]
     assert result["protocol"] == 1
-    assert {"system.run", "pci.bind_vfio", "system.dmesg"} <= set(result["methods"])
+    assert {"system", "pci", "selfcheck"} <= set(result["modules"])
+
+
+def test_broken_guest_module_is_reported_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_half.py").write_text("raise ImportError('needs harness.nowhere')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(server, "_MODULES", {**server.BUILTIN_MODULES, "broken": "broken_half"})
+    reply = server.handle({"id": 7, "method": "broken.fn", "params": {}})
+    assert reply["error"]["type"] == "UnknownMethod"
+    assert "needs harness.nowhere" in reply["error"]["message"]
+    assert server.handle({"id": 8, "method": "system.info", "params": {}})["result"]["python"]
 
 
 def test_result_and_bytes_round_trip(agent: LocalAgent) -> None:
