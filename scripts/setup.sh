@@ -19,7 +19,7 @@ APT_BASE=(
     build-essential flex bison bc libelf-dev libssl-dev dwarves rsync cpio xz-utils zstd
     kmod gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     mmdebstrap e2fsprogs debian-archive-keyring qemu-efi-aarch64
-    python3-venv git acpica-tools
+    python3-venv git acpica-tools busybox
 )
 # QEMU 10.0.x, taken from bookworm-backports together with its dependencies.
 APT_BACKPORTS=(qemu-system-x86 qemu-system-arm qemu-utils)
