@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import platform
+import re
 import subprocess
 import time
 import uuid
@@ -58,6 +59,10 @@ def info() -> dict[str, Any]:
     }
 
 
+#: /dev/kmsg escapes non-printable bytes (a tab becomes ``\x09``)
+_KMSG_ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
+
+
 def _kmsg_records() -> list[str]:
     """All records currently in the kernel log buffer (/dev/kmsg, non-blocking)."""
     fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
@@ -77,7 +82,8 @@ def _kmsg_records() -> list[str]:
             header, _, text = rec.decode("utf-8", "replace").partition(";")
             fields = header.split(",")
             stamp = int(fields[2]) / 1e6 if len(fields) > 2 and fields[2].isdigit() else 0.0
-            lines.append(f"[{stamp:12.6f}] {text.splitlines()[0] if text else ''}")
+            message = _KMSG_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text.split("\n", 1)[0])
+            lines.append(f"[{stamp:12.6f}] {message}")
     finally:
         os.close(fd)
     return lines

@@ -94,11 +94,23 @@ def _machine_args(machine: Machine, accel: str) -> list[str]:
             opts.append("kernel-irqchip=split")
         cpu = machine.cpu or ("host" if accel == "kvm" else "max")
     else:
-        opts = ["virt", "gic-version=3"]
+        opts = [_virt_machine_type(viommu), "gic-version=3"]
         if isinstance(viommu, SmmuV3) and not viommu.device:
             opts.append("iommu=smmuv3")
         cpu = machine.cpu or "max,pauth-impdef=on"
     return ["-machine", ",".join(opts), "-accel", accel, "-cpu", cpu]
+
+
+def _virt_machine_type(viommu: object) -> str:
+    """``virt``, or ``virt-9.1`` when the machine's own SMMU must honour stage=1/2.
+
+    From virt-9.2 on, QEMU forces the machine's SMMUv3 to stage=nested and silently
+    ignores ``-global arm-smmuv3.stage``; virt-9.1 still honours it (checked with
+    qom-get on QEMU 10.0.2).  The user-creatable ``-device arm-smmuv3`` is unaffected.
+    """
+    if isinstance(viommu, SmmuV3) and not viommu.device and viommu.stage in ("1", "2"):
+        return "virt-9.1"
+    return "virt"
 
 
 def _viommu_device_args(machine: Machine) -> list[str]:

@@ -298,6 +298,7 @@ def _fake_source_tarball(path: Path, make_recipe: str) -> Path:
         "include/uapi/linux/iommufd.h": "/* fake */\n",
         "arch/x86/include/uapi/asm/types.h": "",
         headers.SELFTEST_HEADER: "/* selftest */\n",
+        "tools/testing/selftests/iommu/iommufd.c": "/* selftests */\n",
     }
     with tarfile.open(path, "w:xz") as archive:
         for name, text in files.items():
@@ -325,6 +326,7 @@ def test_headers_are_built_once_then_served_from_the_cache(
     assert str(tarball.stat().st_size) in tree.root.name
     assert [p.name for p in cache.iterdir() if p.name.startswith(".tmp-")] == []
     assert "make headers_install ARCH=x86" in log.getvalue()
+    assert (tree.source_dir / headers.SELFTEST_HEADER).read_text() == "/* selftest */\n"
 
     real_run = subprocess.run
 

@@ -125,6 +125,25 @@ def test_smmuv3_machine_option() -> None:
     assert arg_after(argv, "-append")[0].startswith("console=ttyAMA0 ")
 
 
+@pytest.mark.parametrize(
+    ("viommu", "machine_type"),
+    [
+        (SmmuV3(stage="1"), "virt-9.1"),
+        (SmmuV3(stage="2"), "virt-9.1"),
+        (SmmuV3(stage="nested"), "virt"),
+        (SmmuV3(), "virt"),
+        (SmmuV3(device=True, stage="1"), "virt"),
+        (None, "virt"),
+    ],
+)
+def test_single_stage_smmu_gets_a_machine_type_that_honours_it(
+    viommu: SmmuV3 | None, machine_type: str
+) -> None:
+    # virt-9.2+ forces its own SMMU to stage=nested whatever -global says
+    (machine,) = arg_after(build_argv(arm(viommu=viommu), RUN, "tcg"), "-machine")
+    assert machine.split(",")[0] == machine_type
+
+
 def test_smmuv3_device_with_new_properties() -> None:
     viommu = SmmuV3(device=True, stage="1", accel=True, ats=True, ril=False, pasid=True, oas=44)
     argv = build_argv(arm(viommu=viommu), RUN, "tcg")
