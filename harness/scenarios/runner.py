@@ -1,25 +1,128 @@
 """Run one registered scenario: boot the guest it needs, run it, keep the evidence.
 
-Used by ``harness run``, the pytest suites and the avocado job alike, so that a
-scenario's logic exists once.  A failed run writes a repro bundle next to its
-artifacts.
+Used by ``harness run``, the pytest suites, the avocado qualification job and
+``harness repro`` alike, so that a scenario's logic exists once.
+
+Conventions:
+
+- **Seeds.** Every run has an integer seed in ``params["seed"]``: the ``seed`` argument,
+  else a ``seed`` already in the params (or the scenario's defaults), else a fresh random
+  one.  A scenario that randomises anything draws from ``random.Random(params["seed"])``
+  so that a repro bundle replays the same choices.  The seed is also in ``verdict.facts``.
+- **Overrides.** ``viommu_options`` are merged over the scenario's ``GuestSpec`` options
+  (``{"flts": False}``, ``{"stage": "1"}``); ``flavor`` / ``kernel`` / ``initrd`` choose
+  another guest image or kernel (qualification's kernel axis).
+- **Evidence.** The artifacts directory gets ``verdict.json``; a run that fails (a failed
+  verdict or an exception, boot failures included) also gets ``repro.json``, a bundle
+  that ``harness repro`` replays (see ``harness.repro``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
+import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harness import images
+from harness.agent.client import AgentError
 from harness.artifacts import new_artifacts_dir
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from harness.guest import Guest
+from harness.images.cache import default_root
 from harness.profiles import guest_machine, make_viommu
+from harness.qemu.description import Machine
 from harness.qemu.probe import probe, require_properties, resolve_binary
 from harness.scenarios.base import Scenario, Verdict, get
+
+SEED_PARAM = "seed"
+VERDICT_FILE = "verdict.json"
+
+Log = Callable[[str], None]
+BeforeTeardown = Callable[[Guest, Verdict], None]
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def new_seed() -> int:
+    """A fresh 32-bit seed (recorded, so the run can be replayed)."""
+    return secrets.randbits(32)
+
+
+def resolve_params(
+    scenario: Scenario, params: Mapping[str, Any] | None, seed: int | None = None
+) -> dict[str, Any]:
+    """The scenario's defaults, overridden by ``params``, with ``seed`` always set."""
+    merged = {**scenario.defaults, **(params or {})}
+    if seed is not None:
+        merged[SEED_PARAM] = seed
+    elif merged.get(SEED_PARAM) is None:
+        merged[SEED_PARAM] = new_seed()
+    if not isinstance(merged[SEED_PARAM], int) or isinstance(merged[SEED_PARAM], bool):
+        raise ConfigError(f"param seed={merged[SEED_PARAM]!r}: expected an integer")
+    return merged
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything needed to boot a scenario's guest: description, binary, image identity."""
+
+    machine: Machine
+    binary: str
+    ready_marker: str
+    image: dict[str, Any]
+    viommu_options: dict[str, Any]
+
+
+def image_identity(image: Any) -> dict[str, Any]:
+    """The fields of a ``GuestImage`` a bundle or report needs."""
+    return {
+        "key": getattr(image, "key", ""),
+        "arch": getattr(image, "arch", ""),
+        "flavor": getattr(image, "flavor", ""),
+        "kernel_release": getattr(image, "kernel_release", ""),
+        "cache": str(default_root()),
+    }
+
+
+def prepare_machine(
+    scenario: Scenario,
+    arch: str,
+    *,
+    qemu: str | None = None,
+    accel: str = "auto",
+    viommu_options: Mapping[str, Any] | None = None,
+    flavor: str = "default",
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+) -> Prepared:
+    """The machine for ``scenario`` on ``arch`` with overrides; refuses what QEMU lacks."""
+    if arch not in scenario.arches:
+        raise ConfigError(
+            f"scenario {scenario.name!r} runs on {', '.join(scenario.arches)}, not {arch}"
+        )
+    spec = scenario.guest(arch)
+    options = {**spec.viommu_options, **(viommu_options or {})}
+    viommu = make_viommu(spec.viommu, options)  # unknown options fail before the image build
+    binary = resolve_binary(arch, qemu)
+    image = images.ensure(arch, flavor)
+    machine = guest_machine(
+        image, viommu, spec.devices, accel=accel, memory_mb=spec.memory_mb, firmware=spec.firmware
+    )
+    identity = image_identity(image)
+    if kernel is not None or initrd is not None:
+        machine = replace(machine, kernel=kernel or machine.kernel, initrd=initrd or machine.initrd)
+        identity["kernel_release"] = ""  # another kernel: the guest's uname tells
+        identity["kernel_override"] = str(machine.kernel)
+    require_properties(machine, probe(binary))
+    return Prepared(machine, binary, image.ready_marker, identity, options)
 
 
 def prepare(
@@ -30,23 +133,8 @@ def prepare(
     accel: str = "auto",
 ) -> tuple[Any, Any, str]:
     """The image, machine description and QEMU binary for ``scenario`` on ``arch``."""
-    if arch not in scenario.arches:
-        raise ConfigError(
-            f"scenario {scenario.name!r} runs on {', '.join(scenario.arches)}, not {arch}"
-        )
-    spec = scenario.guest(arch)
-    image = images.ensure(arch)
-    machine = guest_machine(
-        image,
-        make_viommu(spec.viommu, dict(spec.viommu_options)),
-        spec.devices,
-        accel=accel,
-        memory_mb=spec.memory_mb,
-        firmware=spec.firmware,
-    )
-    binary = resolve_binary(arch, qemu)
-    require_properties(machine, probe(binary))
-    return image, machine, binary
+    prepared = prepare_machine(scenario, arch, qemu=qemu, accel=accel)
+    return images.ensure(arch), prepared.machine, prepared.binary
 
 
 def run_scenario(
@@ -58,23 +146,114 @@ def run_scenario(
     accel: str = "auto",
     artifacts: Path | None = None,
     on_ready: Callable[[Guest], None] | None = None,
+    viommu_options: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    flavor: str = "default",
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    before_teardown: BeforeTeardown | None = None,
+    log: Log | None = None,
 ) -> Verdict:
-    """Boot, run and judge; the verdict is also written to ``verdict.json``."""
+    """Boot, run and judge; the verdict is written to ``verdict.json``, a failure's bundle too."""
     scenario = get(name)
     arch = arch or scenario.arches[0]
-    merged = {**scenario.defaults, **(params or {})}
-    image, machine, binary = prepare(scenario, arch, qemu=qemu, accel=accel)
+    merged = resolve_params(scenario, params, seed)
+    prepared = prepare_machine(
+        scenario, arch, qemu=qemu, accel=accel, viommu_options=viommu_options,
+        flavor=flavor, kernel=kernel, initrd=initrd,
+    )  # fmt: skip
     artifacts = artifacts or new_artifacts_dir(f"{name}-{arch}")
+    return execute(
+        scenario,
+        prepared,
+        merged,
+        artifacts,
+        on_ready=on_ready,
+        before_teardown=before_teardown,
+        log=log,
+    )
+
+
+def _guest_kernel(guest: Guest) -> str:
+    with contextlib.suppress(AgentError, KeyError, TypeError):
+        return str(guest.call("system.info", timeout=15)["kernel"])
+    return ""
+
+
+def _run_facts(prepared: Prepared, params: Mapping[str, Any], artifacts: Path) -> dict[str, Any]:
+    machine = prepared.machine
+    facts: dict[str, Any] = {
+        "arch": machine.arch,
+        "seed": params[SEED_PARAM],
+        "viommu": getattr(machine.viommu, "kind", None),
+        "viommu_options": prepared.viommu_options,
+        "qemu_binary": prepared.binary,
+        "image_key": prepared.image.get("key", ""),
+        "kernel_release": prepared.image.get("kernel_release", ""),
+        "artifacts": str(artifacts),
+    }
+    with contextlib.suppress(HarnessError, OSError):
+        facts["qemu_version"] = probe(prepared.binary).version_text
+    return facts
+
+
+def execute(
+    scenario: Scenario,
+    prepared: Prepared,
+    params: Mapping[str, Any],
+    artifacts: Path,
+    *,
+    on_ready: Callable[[Guest], None] | None = None,
+    before_teardown: BeforeTeardown | None = None,
+    log: Log | None = None,
+) -> Verdict:
+    """Boot ``prepared.machine``, run ``scenario`` with ``params`` (seed included), judge.
+
+    Writes ``verdict.json``; on a failed verdict or an exception also ``repro.json``.
+    """
+    from harness import repro
+
+    log = log or _stderr_log
+    artifacts.mkdir(parents=True, exist_ok=True)
+    facts = _run_facts(prepared, params, artifacts)
+    guest = Guest(
+        prepared.machine,
+        artifacts,
+        ready_marker=prepared.ready_marker,
+        qemu=prepared.binary,
+        name=scenario.name,
+    )
     t0 = time.monotonic()
-    with Guest(machine, artifacts, ready_marker=image.ready_marker, qemu=binary) as guest:
-        if on_ready is not None:
-            on_ready(guest)
-        t1 = time.monotonic()
-        verdict = scenario.run(guest, merged)
-        verdict.timings.update(guest.timings)
-        verdict.timings["scenario_s"] = time.monotonic() - t1
+    verdict: Verdict | None = None
+    try:
+        with guest:
+            facts["accel"] = guest.vm.accel
+            facts["kernel_release"] = _guest_kernel(guest) or facts["kernel_release"]
+            if on_ready is not None:
+                on_ready(guest)
+            t1 = time.monotonic()
+            verdict = scenario.run(guest, params)
+            verdict.timings.update(guest.timings)
+            verdict.timings["scenario_s"] = time.monotonic() - t1
+            for key, value in facts.items():
+                verdict.facts.setdefault(key, value)
+            if before_teardown is not None:
+                before_teardown(guest, verdict)
+    except Exception as exc:
+        bundle = repro.scenario_bundle(
+            scenario, params, prepared, guest, artifacts, verdict=verdict, error=exc
+        )
+        path = repro.write_bundle(bundle, artifacts)
+        log(f"[{scenario.name}] error: {type(exc).__name__}; repro bundle: {path}")
+        raise
     verdict.timings["total_s"] = time.monotonic() - t0
-    verdict.facts.setdefault("arch", arch)
-    verdict.facts.setdefault("accel", guest.vm.accel)
-    (artifacts / "verdict.json").write_text(json.dumps(verdict.to_json(), indent=1, default=str))
+    if not verdict.passed:
+        bundle = repro.scenario_bundle(
+            scenario, params, prepared, guest, artifacts, verdict=verdict
+        )
+        path = repro.write_bundle(bundle, artifacts)
+        verdict.facts["repro_bundle"] = str(path)
+        log(f"[{scenario.name}] FAILED; repro bundle: {path}")
+        log(f"[{scenario.name}] replay with: python -m harness repro {path}")
+    (artifacts / VERDICT_FILE).write_text(json.dumps(verdict.to_json(), indent=1, default=str))
     return verdict
