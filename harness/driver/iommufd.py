@@ -458,6 +458,27 @@ class TeardownError(IoctlError):
         return (IoctlError, (self.ioctl, self.errno, self.args_repr))
 
 
+class _Invalidatable(IommufdObject):
+    """An object IOMMU_HWPT_INVALIDATE accepts: a nested HWPT or a vIOMMU."""
+
+    @issues("IOMMU_HWPT_INVALIDATE")
+    def invalidate(
+        self,
+        entries: Sequence[UapiStruct] | bytes | bytearray | None,
+        data_type: int,
+        *,
+        entry_len: int | None = None,
+        entry_num: int | None = None,
+    ) -> int:
+        """Invalidate the caches this object owns with an array of entries.
+
+        Returns the number of entries the kernel handled (see ``invalidate``).
+        """
+        return invalidate(
+            self.ictx, self, data_type, entries, entry_len=entry_len, entry_num=entry_num
+        )
+
+
 class IOAS(IommufdObject):
     """An IO address space: user memory mapped at IOVAs."""
 
@@ -686,7 +707,7 @@ class PagingHwpt(Hwpt):
         return bitmap.raw
 
 
-class NestedHwpt(Hwpt):
+class NestedHwpt(Hwpt, _Invalidatable):
     """A user-managed HWPT over a nest parent or a vIOMMU; its caches are invalidated by user."""
 
     rank = RANK_NESTED
@@ -698,22 +719,8 @@ class NestedHwpt(Hwpt):
         super().__init__(ictx, hwpt_id, dev=dev, flags=flags)
         self.parent = parent
 
-    @issues("IOMMU_HWPT_INVALIDATE")
-    def invalidate(
-        self,
-        entries: Sequence[UapiStruct] | bytes | bytearray | None,
-        data_type: int,
-        *,
-        entry_len: int | None = None,
-        entry_num: int | None = None,
-    ) -> int:
-        """Invalidate this HWPT's caches with an array of entries; returns entries handled."""
-        return invalidate(
-            self.ictx, self, data_type, entries, entry_len=entry_len, entry_num=entry_num
-        )
 
-
-class VIOMMU(IommufdObject):
+class VIOMMU(_Invalidatable):
     """A virtual IOMMU over a nest parent: owns vDEVICEs, nested HWPTs, vEVENTQs, HW queues."""
 
     rank = RANK_VIOMMU
@@ -775,20 +782,6 @@ class VIOMMU(IommufdObject):
         )
         self.ictx.chan.call("IOMMU_HW_QUEUE_ALLOC", uapi.IOMMU_HW_QUEUE_ALLOC, cmd)
         return HwQueue(self.ictx, int(cmd.out_hw_queue_id), self, index)
-
-    @issues("IOMMU_HWPT_INVALIDATE")
-    def invalidate(
-        self,
-        entries: Sequence[UapiStruct] | bytes | bytearray | None,
-        data_type: int,
-        *,
-        entry_len: int | None = None,
-        entry_num: int | None = None,
-    ) -> int:
-        """Invalidate caches the vIOMMU owns (device caches, ...); returns entries handled."""
-        return invalidate(
-            self.ictx, self, data_type, entries, entry_len=entry_len, entry_num=entry_num
-        )
 
 
 class VDevice(IommufdObject):
