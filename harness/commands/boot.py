@@ -6,34 +6,20 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Any
 
 from harness import images
 from harness.artifacts import new_artifacts_dir
+from harness.commands import name_value
 from harness.guest import Guest
 from harness.profiles import VIOMMU_FOR_ARCH, guest_machine, make_viommu
 from harness.qemu.machine import MachineError
-
-
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
-    parsed: Any = value
-    if value.lower() in ("on", "true", "yes"):
-        parsed = True
-    elif value.lower() in ("off", "false", "no"):
-        parsed = False
-    elif value.isdigit():
-        parsed = int(value)
-    return key.replace("-", "_"), parsed
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=("x86_64", "arm64"), default="x86_64")
     parser.add_argument("--viommu", choices=("vtd", "smmuv3", "none", "auto"), default="auto")
     parser.add_argument(
-        "--viommu-opt", type=_option, action="append", default=[], metavar="NAME=VALUE",
+        "--viommu-opt", type=name_value, action="append", default=[], metavar="NAME=VALUE",
         help="vIOMMU option, e.g. flts=off, aw_bits=39, stage=2 (repeatable)",
     )  # fmt: skip
     parser.add_argument(

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from harness.artifacts import new_artifacts_dir
+from harness.commands import name_value
 from harness.scenarios.base import get, load_all
 from harness.scenarios.runner import run_scenario
 
@@ -31,6 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
         help="scenario parameter (JSON value), repeatable",
     )  # fmt: skip
+    parser.add_argument(
+        "--viommu-opt", type=name_value, action="append", default=[], metavar="NAME=VALUE",
+        help="override a vIOMMU option of the scenario's machine, e.g. flts=off (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, help="random seed (default: a fresh one, recorded)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -48,13 +55,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.scenario:
         print("harness run: error: name a scenario (or --list)", file=sys.stderr)
         return 2
-    get(args.scenario)  # unknown names fail before anything boots
+    scenario = get(args.scenario)  # unknown names fail before anything boots
+    arch = args.arch or scenario.arches[0]
+    artifacts = new_artifacts_dir(f"{scenario.name}-{arch}")
     verdict = run_scenario(
-        args.scenario, args.arch, dict(args.param), qemu=args.qemu, accel=args.accel
-    )
+        scenario.name, arch, dict(args.param), qemu=args.qemu, accel=args.accel,
+        artifacts=artifacts, viommu_options=dict(args.viommu_opt) or None, seed=args.seed,
+    )  # fmt: skip
     if args.json:
-        print(json.dumps(verdict.to_json(), indent=1, default=str))
+        print(json.dumps({**verdict.to_json(), "artifacts": str(artifacts)}, indent=1, default=str))
     else:
         print(verdict.table())
         print(verdict.summary())
+        print(f"artifacts: {artifacts}")
     return 0 if verdict.passed else 1

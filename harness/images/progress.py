@@ -87,7 +87,8 @@ class StreamProgress:
         redraw_seconds: float = 0.25,
     ) -> None:
         self._stream = stream if stream is not None else sys.stderr
-        self._tty = self._stream.isatty() if is_tty is None else is_tty
+        isatty = getattr(self._stream, "isatty", None)
+        self._tty = (bool(isatty()) if isatty else False) if is_tty is None else is_tty
         self._clock = clock
         self._prefix = prefix
         self._line_every_fraction = line_every_fraction

@@ -11,7 +11,8 @@ Conventions:
   so that a repro bundle replays the same choices.  The seed is also in ``verdict.facts``.
 - **Overrides.** ``viommu_options`` are merged over the scenario's ``GuestSpec`` options
   (``{"flts": False}``, ``{"stage": "1"}``); ``flavor`` / ``kernel`` / ``initrd`` choose
-  another guest image or kernel (qualification's kernel axis).
+  another guest image or kernel (qualification's kernel axis).  A scenario whose machine
+  needs more than its ``GuestSpec`` says registers a ``@prepare_hook(name)``.
 - **Evidence.** The artifacts directory gets ``verdict.json``; a run that fails (a failed
   verdict or an exception, boot failures included) also gets ``repro.json``, a bundle
   that ``harness repro`` replays (see ``harness.repro``).
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness import images
 from harness.agent.client import AgentError
@@ -79,6 +80,27 @@ class Prepared:
     ready_marker: str
     image: dict[str, Any]
     viommu_options: dict[str, Any]
+
+
+PrepareHook = Callable[[Prepared, Log], Prepared]
+
+#: scenario name -> a function that adjusts its prepared machine before the boot (e.g. a
+#: firmware table override); ``run_scenario`` applies it, a repro bundle records the result
+PREPARE_HOOKS: dict[str, PrepareHook] = {}
+
+
+_Hook = TypeVar("_Hook", bound=PrepareHook)
+
+
+def prepare_hook(*names: str) -> Callable[[_Hook], _Hook]:
+    """Register ``fn(prepared, log) -> Prepared`` for the scenarios ``names``."""
+
+    def register(fn: _Hook) -> _Hook:
+        for name in names:
+            PREPARE_HOOKS[name] = fn
+        return fn
+
+    return register
 
 
 def image_identity(image: Any) -> dict[str, Any]:
@@ -162,6 +184,8 @@ def run_scenario(
         scenario, arch, qemu=qemu, accel=accel, viommu_options=viommu_options,
         flavor=flavor, kernel=kernel, initrd=initrd,
     )  # fmt: skip
+    if (hook := PREPARE_HOOKS.get(name)) is not None:
+        prepared = hook(prepared, log or _stderr_log)
     artifacts = artifacts or new_artifacts_dir(f"{name}-{arch}")
     return execute(
         scenario,

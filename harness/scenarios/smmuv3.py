@@ -37,6 +37,7 @@ from harness.qemu.trace import TraceRecord, TraceWindow, set_trace_events
 from harness.rings import ExpectedFault, check_veventq
 from harness.rings.verdict import RingVerdict
 from harness.scenarios.base import Check, GuestSpec, Verdict, scenario
+from harness.scenarios.runner import Prepared, prepare_hook
 from harness.smmuv3 import (
     VsmmuContext,
     check_vsmmu_invalidation_array,
@@ -108,19 +109,21 @@ def prepare_smmuv3(
     of the stock machine to read it); its description goes into ``Prepared.image``.
     """
     prepared = stock_prepared(name, arch, qemu=qemu, accel=accel, viommu_options=viommu_options)
-    if not override:
-        return prepared
+    return apply_iort_override(prepared, log) if override else prepared
+
+
+@prepare_hook("smmuv3-cd-binding", "smmuv3-invalidation", "smmuv3-fault-rings")
+def apply_iort_override(prepared: Prepared, log: Callable[[str], None] | None = None) -> Prepared:
+    """The prepared machine booting with QEMU's IORT patched to claim CANWBS.
+
+    Registered as the runner's prepare hook of the scenarios that need a vIOMMU, so
+    ``harness run``, pytest, avocado and repro all boot them the same way.
+    """
     result = iort_override(
         prepared.machine, prepared.binary, ready_marker=prepared.ready_marker, log=log
     )
     image = {**prepared.image, "iort_override": result.describe()}
     return replace(prepared, machine=override_machine(prepared.machine, result), image=image)
-
-
-def with_iort_override(machine: Machine, binary: str, ready_marker: str) -> Machine:
-    """``machine`` booting with the IORT CANWBS override (the hook a runner can call)."""
-    result = iort_override(machine, binary, ready_marker=ready_marker)
-    return override_machine(machine, result)
 
 
 def override_active(machine: Machine) -> bool:
