@@ -408,14 +408,14 @@ def attach_text(guest: Guest) -> str:
 def keep_alive(guests: Iterable[Guest], write: Callable[[str], None] = print) -> str:
     """Print how to attach, then wait for Ctrl-C, SIGTERM or the guests' end; says which."""
     kept = list(guests)
-    for guest in kept:
-        write(attach_text(guest))
-    write("Ctrl-C tears down")
     stop = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    try:  # entered before the prompt: a Ctrl-C right after it must still be ours
+        for guest in kept:
+            write(attach_text(guest))
+        write("Ctrl-C tears down")
         while not stop.wait(0.5):
             causes = [g.vm.health().cause for g in kept]
             if all(causes):
