@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "images": ("harness.images.command", "build or locate guest kernels and root filesystems"),
     "boot": ("harness.commands.boot", "boot a guest with a vIOMMU and print how to reach it"),
     "run": ("harness.commands.run", "run one scenario and print its verdict"),
+    "tier3": ("harness.tier3.command", "QEMU's own nesting: host checks, passthrough boot and run"),
     "repro": ("harness.commands.repro", "boot a failed run's configuration from its repro bundle"),
     "qualify": ("harness.commands.qualify", "run the avocado qualification job over a matrix"),
 }

@@ -11,6 +11,7 @@ from harness.artifacts import new_artifacts_dir
 from harness.commands import name_value
 from harness.scenarios.base import get, load_all
 from harness.scenarios.runner import run_scenario
+from harness.tier3.command import add_host_device_option, apply_host_device
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -39,6 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, help="random seed (default: a fresh one, recorded)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_host_device_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.scenario:
         print("harness run: error: name a scenario (or --list)", file=sys.stderr)
         return 2
+    apply_host_device(args)
     scenario = get(args.scenario)  # unknown names fail before anything boots
     arch = args.arch or scenario.arches[0]
     artifacts = new_artifacts_dir(f"{scenario.name}-{arch}")

@@ -126,6 +126,16 @@ def parse_package_list(text: str, name: str) -> list[str]:
     return packages
 
 
+def extra_suites(packages: list[str]) -> list[str]:
+    """Debian suites besides ``DEBIAN_SUITE`` that ``package/suite`` entries name, in order."""
+    suites: list[str] = []
+    for package in packages:
+        _, sep, suite = package.partition("/")
+        if sep and suite != DEBIAN_SUITE and suite not in suites:
+            suites.append(suite)
+    return suites
+
+
 def short_key(inputs: dict[str, Any]) -> str:
     """The 16-hex-digit key of a build's inputs, used in artifact directory names."""
     return content_key(inputs)[:16]

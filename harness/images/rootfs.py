@@ -22,7 +22,7 @@ from harness.images.arches import ARCHES, READY_MARKER, ArchSpec, host_arch
 from harness.images.cpio import Entry, write_archive
 from harness.images.errors import ImageBuildError
 from harness.images.progress import Progress
-from harness.images.recipe import DEBIAN_MIRROR, DEBIAN_SUITE, Recipe
+from harness.images.recipe import DEBIAN_MIRROR, DEBIAN_SUITE, Recipe, extra_suites
 from harness.images.steps import run_logged
 
 _ALTERNATIVE = re.compile(
@@ -131,6 +131,7 @@ def _unpack(
             DEBIAN_SUITE,
             str(tree),
             DEBIAN_MIRROR,
+            *(f"deb {DEBIAN_MIRROR} {suite} main" for suite in extra_suites(packages)),
         ],
         log,
         log_path,

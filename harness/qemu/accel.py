@@ -13,6 +13,8 @@ import platform
 import time
 from pathlib import Path
 
+from harness.images.arches import host_arch
+
 
 def _cache_file() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -26,9 +28,7 @@ def _host_key(arch: str) -> str:
 
 def kvm_available(arch: str) -> bool:
     """KVM can only accelerate a guest of the host's own architecture."""
-    host = platform.machine()
-    same = (arch == "x86_64" and host == "x86_64") or (arch == "arm64" and host == "aarch64")
-    return same and os.access("/dev/kvm", os.R_OK | os.W_OK)
+    return arch == host_arch() and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
 def kvm_verdict(arch: str) -> bool | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.images.arches import host_arch as images_host_arch
 from harness.qemu.description import (
     Edu,
     IntelIommu,
@@ -26,6 +27,8 @@ DEFAULT_CONSOLE = {"x86_64": "ttyS0", "arm64": "ttyAMA0"}
 # arm64 keeps the NIC off PCI (virtio-mmio) so the SMMU only sees the devices under test.
 DEFAULT_NIC = {"x86_64": "virtio-net-pci", "arm64": "virtio-net-device"}
 AUTHORIZED_KEYS_FW_CFG = "opt/viommu-harness/authorized_keys"
+#: the guest sshd's host key, made by the harness so that it can verify the guest
+HOST_KEY_FW_CFG = "opt/viommu-harness/ssh_host_ed25519_key"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class RunEndpoints:
     qemu_log: Path
     authorized_keys: Path | None = None
     ssh_port: int | None = None
+    host_key: Path | None = None
 
 
 def _prop(value: Any) -> str:
@@ -49,12 +53,16 @@ def _device(driver: str, props: dict[str, Any]) -> str:
     return ",".join([driver, *(f"{k}={_prop(v)}" for k, v in props.items())])
 
 
-def resolved_accel(machine: Machine, kvm_usable: bool) -> str:
-    """The accelerator actually used: ``auto`` is KVM only where a guest really runs under it."""
+def resolved_accel(machine: Machine, kvm_usable: bool, host_arch: str | None = None) -> str:
+    """The accelerator actually used: ``auto`` is KVM only where a guest really runs under it.
+
+    KVM accelerates guests of the host's own architecture only.
+    """
+    host = host_arch or images_host_arch()
     if machine.accel == "auto":
-        return "kvm" if kvm_usable and machine.arch == "x86_64" else "tcg"
-    if machine.accel == "kvm" and machine.arch != "x86_64":
-        raise ConfigError("accel=kvm: arm64 guests cannot use KVM on this x86_64 host")
+        return "kvm" if kvm_usable and machine.arch == host else "tcg"
+    if machine.accel == "kvm" and machine.arch != host:
+        raise ConfigError(f"accel=kvm: {machine.arch} guests cannot use KVM on this {host} host")
     return machine.accel
 
 
@@ -79,6 +87,8 @@ def build_argv(
     argv += ["-D", str(run.qemu_log), "-msg", "timestamp=on"]
     if run.authorized_keys is not None:
         argv += ["-fw_cfg", f"name={AUTHORIZED_KEYS_FW_CFG},file={run.authorized_keys}"]
+    if run.host_key is not None:
+        argv += ["-fw_cfg", f"name={HOST_KEY_FW_CFG},file={run.host_key}"]
     argv += _viommu_device_args(machine)
     for dev in machine.devices:
         argv += _device_args(machine, dev, run)

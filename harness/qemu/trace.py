@@ -1,12 +1,14 @@
 """QEMU trace events: switched on and off over QMP, read back from QEMU's log file.
 
-QEMU's ``log`` trace backend writes ``PID@SEC.USEC:name message`` lines to the ``-D``
-file (with ``-msg timestamp=on``).  ``TraceWindow`` marks the file's end when a
-scenario step starts, so a reader sees only that step's records.
+QEMU's ``log`` trace backend writes trace lines to the ``-D`` file: QEMU 10 as
+``PID@SEC.USEC:name message``, QEMU 11 (with ``-msg timestamp=on``) as
+``2026-01-01T00:00:13.337974Z name  message``; both are parsed.  ``TraceWindow`` marks
+the file's end when a scenario step starts, so a reader sees only that step's records.
 """
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import re
 from collections.abc import Iterable
@@ -16,6 +18,9 @@ from pathlib import Path
 from harness.qemu.qmp import QmpSession
 
 _LINE = re.compile(r"^(?:(?P<pid>\d+)@(?P<ts>\d+\.\d+):)?(?P<name>[a-z0-9_]+) ?(?P<msg>.*)$")
+_ISO_LINE = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z (?P<name>[a-z0-9_]+)(?: +(?P<msg>.*))?$"
+)
 _FIELD = re.compile(r"([A-Za-z_][\w-]*)\s*[=:]\s*(0x[0-9a-fA-F]+|-?\d+|[^\s,()]+)")
 
 
@@ -41,15 +46,19 @@ class TraceRecord:
 
 def parse_trace_line(line: str) -> TraceRecord | None:
     """Parse one log line; non-trace lines (plain log messages) give None."""
-    m = _LINE.match(line.rstrip("\n"))
-    if m is None or m.group("pid") is None:
-        return None
-    msg = m.group("msg")
+    text = line.rstrip("\n")
+    m = _LINE.match(text)
+    if m is not None and m.group("pid") is not None:
+        timestamp = float(m.group("ts"))
+    else:
+        m = _ISO_LINE.match(text)
+        if m is None or (m.group("msg") or "").startswith(":"):
+            return None  # QEMU 11's plain messages: "<time> qemu-system-...: text"
+        when = datetime.datetime.fromisoformat(m.group("ts")).replace(tzinfo=datetime.UTC)
+        timestamp = when.timestamp()
+    msg = m.group("msg") or ""
     return TraceRecord(
-        name=m.group("name"),
-        timestamp=float(m.group("ts")),
-        message=msg,
-        fields=dict(_FIELD.findall(msg)),
+        name=m.group("name"), timestamp=timestamp, message=msg, fields=dict(_FIELD.findall(msg))
     )
 
 
@@ -65,9 +74,11 @@ def set_trace_events(qmp: QmpSession, patterns: Iterable[str], enable: bool = Tr
 class TraceWindow:
     """Records written to the QEMU log after ``start`` (construction time)."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, start: int | None = None) -> None:
         self.log = log
-        self.start = log.stat().st_size if log.exists() else 0
+        if start is None:
+            start = log.stat().st_size if log.exists() else 0
+        self.start = start
 
     def records(self, pattern: str = "*") -> list[TraceRecord]:
         """Parsed trace records since the window opened whose name matches ``pattern``."""

@@ -151,8 +151,13 @@ def scenario(
     """Register ``fn`` as scenario ``name``; its docstring's first line describes it."""
 
     def register(fn: RunFn) -> RunFn:
-        if name in REGISTRY:
-            raise ConfigError(f"scenario {name!r} registered twice")
+        old = REGISTRY.get(name)
+        # the same function registering again is a module re-executed (e.g. after its
+        # sys.modules entry was dropped); a different function taking the name is a bug
+        if old is not None and _origin(old.run) != _origin(fn):
+            raise ConfigError(
+                f"scenario {name!r} registered twice: {_origin(old.run)} and {_origin(fn)}"
+            )
         spec = guest
         REGISTRY[name] = Scenario(
             name=name,
@@ -167,6 +172,10 @@ def scenario(
         return fn
 
     return register
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def load_all() -> dict[str, Scenario]:

@@ -218,12 +218,14 @@ def test_forwarded_port_binds_loopback_only() -> None:
 
 
 def test_accel_resolution() -> None:
-    assert resolved_accel(x86(), kvm_usable=True) == "kvm"
-    assert resolved_accel(x86(), kvm_usable=False) == "tcg"
-    assert resolved_accel(arm(), kvm_usable=True) == "tcg"
-    assert resolved_accel(x86(accel="tcg"), kvm_usable=True) == "tcg"
-    with pytest.raises(ConfigError, match="arm64 guests cannot use KVM"):
-        resolved_accel(arm(accel="kvm"), kvm_usable=True)
+    assert resolved_accel(x86(), kvm_usable=True, host_arch="x86_64") == "kvm"
+    assert resolved_accel(x86(), kvm_usable=False, host_arch="x86_64") == "tcg"
+    assert resolved_accel(arm(), kvm_usable=True, host_arch="x86_64") == "tcg"
+    assert resolved_accel(arm(), kvm_usable=True, host_arch="arm64") == "kvm"
+    assert resolved_accel(x86(accel="tcg"), kvm_usable=True, host_arch="x86_64") == "tcg"
+    assert resolved_accel(arm(accel="kvm"), kvm_usable=True, host_arch="arm64") == "kvm"
+    with pytest.raises(ConfigError, match="arm64 guests cannot use KVM on this x86_64 host"):
+        resolved_accel(arm(accel="kvm"), kvm_usable=True, host_arch="x86_64")
     with pytest.raises(ConfigError, match="resolve 'auto'"):
         build_argv(x86(), RUN, "auto")
 

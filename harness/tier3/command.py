@@ -1,0 +1,158 @@
+"""``harness tier3``: QEMU's own nesting, on a KVM host with nesting hardware or simulated.
+
+- ``check --host-device BDF``: the host checks (device and group, KVM, iommufd, the host
+  IOMMU's nesting capability through GET_HW_INFO); exit 0 when tier 3 can run.
+- ``boot --host-device BDF [--keep | --run CMD]``: the passthrough guest, to poke at.
+- ``run [--host-device BDF] [--arch A]``: ``tier3-passthrough`` on a real host; without a
+  host device, the simulated scenario of the arch (``tier3-l2-smmuv3`` / ``tier3-l2-vtd``).
+
+``add_host_device_option`` / ``apply_host_device`` give ``harness run`` and ``harness boot``
+the same ``--host-device`` option (it sets ``VIOMMU_HOST_DEVICE``, which the
+``tier3-passthrough`` prepare hook reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+from harness.errors import ConfigError
+
+HOST_DEVICE_ENV = "VIOMMU_HOST_DEVICE"
+SIMULATED = {"arm64": "tier3-l2-smmuv3", "x86_64": "tier3-l2-vtd"}
+
+
+def add_host_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--host-device BDF``: the host PCI device tier 3 passes through (bound to vfio-pci)."""
+    parser.add_argument(
+        "--host-device",
+        metavar="BDF",
+        help="tier 3: a host PCI device for passthrough (e.g. 0000:01:00.0, bound to vfio-pci)",
+    )
+
+
+def apply_host_device(args: argparse.Namespace) -> str | None:
+    """Export ``--host-device`` for the tier-3 prepare hook; the normalised BDF or None."""
+    from harness.tier3.passthrough import full_bdf
+
+    bdf = getattr(args, "host_device", None)
+    if not bdf:
+        return None
+    full = full_bdf(bdf)
+    os.environ[HOST_DEVICE_ENV] = full
+    return full
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="tier3_command", required=True)
+    check = sub.add_parser("check", help="check this host for tier 3 (exit 0: it can run)")
+    add_host_device_option(check)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    boot = sub.add_parser("boot", help="boot the passthrough guest and print how to reach it")
+    add_host_device_option(boot)
+    boot.add_argument("--arch", choices=("x86_64", "arm64"), help="default: this host's")
+    boot.add_argument("--qemu", help="QEMU binary (default: the installed one)")
+    group = boot.add_mutually_exclusive_group()
+    group.add_argument("--keep", action="store_true", help="keep the guest until Ctrl-C")
+    group.add_argument("--run", metavar="CMD", help="run CMD in the guest, exit with its status")
+    run = sub.add_parser("run", help="run tier 3 (real host with --host-device, else simulated)")
+    add_host_device_option(run)
+    run.add_argument("--arch", choices=("x86_64", "arm64"), help="default: this host's / arm64")
+    run.add_argument("--qemu", help="QEMU binary (default: the installed one)")
+    run.add_argument("--seed", type=int, help="random seed (default: a fresh one, recorded)")
+    run.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    handlers = {"check": _check, "boot": _boot, "run": _run}
+    return handlers[args.tier3_command](args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from harness.tier3.hostcheck import check_host
+
+    report = check_host(apply_host_device(args))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1, default=str))
+    else:
+        for row in report.rows:
+            mark = "ok  " if row["ok"] else "FAIL"
+            note = f"  ({row['note']})" if row["note"] else ""
+            print(f"{mark}  {row['name']}: {row['got']}{note}")
+        print("tier 3 can run" if report.skip_reason is None else f"cannot: {report.skip_reason}")
+    return 0 if report.skip_reason is None else 1
+
+
+def _host_arch(arch: str | None) -> str:
+    from harness.images.arches import host_arch
+
+    return arch or host_arch()
+
+
+def _boot(args: argparse.Namespace) -> int:
+    from harness.artifacts import new_artifacts_dir
+    from harness.guest import Guest
+    from harness.qemu.machine import MachineError
+    from harness.scenarios.base import get
+    from harness.scenarios.runner import PREPARE_HOOKS, prepare_machine
+
+    if not apply_host_device(args):
+        raise ConfigError("tier3 boot: --host-device BDF is required")
+    arch = _host_arch(args.arch)
+    scenario = get("tier3-passthrough")
+    prepared = prepare_machine(scenario, arch, qemu=args.qemu, accel="kvm")
+    prepared = PREPARE_HOOKS["tier3-passthrough"](prepared, lambda m: print(m, file=sys.stderr))
+    artifacts = new_artifacts_dir(f"tier3-boot-{arch}")
+    with Guest(
+        prepared.machine, artifacts, ready_marker=prepared.ready_marker, qemu=prepared.binary
+    ) as guest:
+        print(f"guest up ({guest.vm.accel}, {guest.timings['boot_to_agent_s']:.1f}s)")
+        print(f"  ssh:       {guest.ssh_command()}")
+        print(f"  qmp:       {guest.vm.qmp_socket}")
+        print(f"  artifacts: {artifacts}")
+        if args.run is not None:
+            result = guest.run(args.run)
+            sys.stdout.write(result.stdout)
+            sys.stderr.write(result.stderr)
+            return result.status
+        if args.keep:
+            print("keeping the guest alive; Ctrl-C to tear down", flush=True)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                while not stop.wait(0.5):
+                    if (cause := guest.vm.health().cause) is not None:
+                        raise MachineError(f"guest stopped: {cause}", guest.artifacts)
+            except KeyboardInterrupt:
+                print("tearing down")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.artifacts import new_artifacts_dir
+    from harness.scenarios.runner import run_scenario
+
+    real = apply_host_device(args)
+    arch = _host_arch(args.arch) if real else (args.arch or "arm64")
+    name = "tier3-passthrough" if real else SIMULATED[arch]
+    artifacts = new_artifacts_dir(f"{name}-{arch}")
+    verdict = run_scenario(
+        name,
+        arch,
+        None,
+        qemu=args.qemu,
+        accel="kvm" if real else "auto",
+        artifacts=artifacts,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps({**verdict.to_json(), "artifacts": str(artifacts)}, indent=1, default=str))
+    else:
+        print(verdict.table())
+        print(verdict.summary())
+        print(f"artifacts: {artifacts}")
+    return 0 if verdict.passed else 1
