@@ -3,6 +3,11 @@
 ``Guest`` = ``QemuMachine`` (QEMU, QMP, console) + a per-run SSH key + ``Agent``.
 Entering boots and connects; leaving saves the guest's dmesg into the artifacts and
 tears everything down, whatever happened in between.
+
+Every failure that ends the guest's usefulness (``MachineError``, ``AgentUnreachableError``,
+``AgentConnectionLostError``) says its cause on its first line and ends that line with
+``[artifacts: DIR]``.  Timeouts: ``boot_timeout`` (ready marker; 180 s TCG / 60 s KVM),
+``ssh_timeout`` (120 s), ``hang_timeout`` (30 s stopped or paused), each call's own.
 """
 
 from __future__ import annotations
@@ -12,15 +17,25 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from harness.agent.client import Agent, AgentError, CommandResult, connect_ssh
-from harness.agent.keys import make_run_key
+from harness.agent.client import (
+    Agent,
+    AgentConnectionLostError,
+    AgentError,
+    AgentUnreachableError,
+    CommandResult,
+    connect_ssh,
+)
+from harness.agent.keys import make_host_key, make_run_key
 from harness.qemu.description import Machine
 from harness.qemu.machine import QemuMachine
+
+#: what the guest's init prints once it installed the host key the harness made
+HOST_KEY_INSTALLED = "viommu-init: host key from fw_cfg"
 
 
 class Guest:
@@ -37,10 +52,19 @@ class Guest:
         boot_timeout: float | None = None,
         ssh_timeout: float = 120.0,
         log: Callable[[str], None] | None = None,
+        hang_timeout: float | None = 30.0,
+        teardown_grace: float = 3.0,
     ) -> None:
         self.log = log or (lambda msg: print(f"[{name}] {msg}", file=sys.stderr))
         self.vm = QemuMachine(
-            machine, artifacts, name=name, qemu=qemu, ready_marker=ready_marker, log=self.log
+            machine,
+            artifacts,
+            name=name,
+            qemu=qemu,
+            ready_marker=ready_marker,
+            log=self.log,
+            hang_timeout=hang_timeout,
+            teardown_grace=teardown_grace,
         )
         self.artifacts = artifacts
         self.boot_timeout = boot_timeout
@@ -48,6 +72,8 @@ class Guest:
         self.agent: Agent | None = None
         self.timings: dict[str, float] = {}
         self._key_file: Path | None = None
+        #: a call or command lost the guest: teardown does not wait on it for dmesg
+        self._lost = False
 
     def __enter__(self) -> Guest:
         try:
@@ -66,21 +92,34 @@ class Guest:
         self.close()
 
     def _health(self) -> str | None:
-        return self.vm.health().cause
+        """Why waiting on this guest is pointless: QEMU gone, a panic, or a hang."""
+        return self.vm.health(include_hang=True).cause
 
     def start(self) -> None:
         key = make_run_key(self.vm.run_dir)
+        host_key = make_host_key(self.vm.run_dir)
         self._key_file = key.private_key
         self.vm.authorized_key = key.public_line
+        self.vm.host_key = host_key.private_key
         t0 = time.monotonic()
         self.vm.launch(ready_timeout=self.boot_timeout)
         self.timings["boot_to_marker_s"] = time.monotonic() - t0
         assert self.vm.ssh_port is not None
-        ssh = connect_ssh(self.vm.ssh_port, key.private_key, self.ssh_timeout, self._health)
-        self.timings["boot_to_ssh_s"] = time.monotonic() - t0
-        agent = Agent(ssh, self.artifacts / "agent.log", health=self._health)
-        self.agent = agent
-        agent.start()
+        # an older image's init makes its own host key: then there is nothing to verify
+        verified = HOST_KEY_INSTALLED in self.vm.console_text()
+        with self._located():
+            ssh = connect_ssh(
+                self.vm.ssh_port,
+                key.private_key,
+                self.ssh_timeout,
+                self._health,
+                check_command=False,  # agent.hello is the check
+                host_key=host_key.public_line if verified else None,
+            )
+            self.timings["boot_to_ssh_s"] = time.monotonic() - t0
+            agent = Agent(ssh, self.artifacts / "agent.log", health=self._health)
+            self.agent = agent
+            agent.start()
         self.timings["boot_to_agent_s"] = time.monotonic() - t0
         self._write_timings()
         self.log(f"ready in {self.timings['boot_to_agent_s']:.1f}s ({self.vm.accel})")
@@ -88,16 +127,31 @@ class Guest:
     def _write_timings(self) -> None:
         (self.artifacts / "timings.json").write_text(json.dumps(self.timings, indent=1) + "\n")
 
+    @contextlib.contextmanager
+    def _located(self) -> Iterator[None]:
+        """Re-raise a lost or unreachable guest with the artifacts path on the first line."""
+        try:
+            yield
+        except (AgentConnectionLostError, AgentUnreachableError) as exc:
+            self._lost = True
+            text = str(exc)
+            if "[artifacts: " in text:
+                raise
+            first, nl, rest = text.partition("\n")
+            raise type(exc)(f"{first} [artifacts: {self.artifacts}]{nl}{rest}") from exc
+
     def call(self, method: str, timeout: float = 120.0, **params: Any) -> Any:
         """Call an agent method in the guest."""
         if self.agent is None:
             raise AgentError("guest agent is not connected")
-        return self.agent.call(method, timeout=timeout, **params)
+        with self._located():
+            return self.agent.call(method, timeout=timeout, **params)
 
     def run(self, command: str, timeout: float = 120.0) -> CommandResult:
         if self.agent is None:
             raise AgentError("guest agent is not connected")
-        return self.agent.run(command, timeout)
+        with self._located():
+            return self.agent.run(command, timeout)
 
     def ssh_command(self) -> str:
         """How a human attaches to this guest."""
@@ -111,7 +165,7 @@ class Guest:
 
     def save_dmesg(self) -> None:
         """Best-effort: the guest's kernel log into the artifacts."""
-        if self.agent is None or self.vm.health().cause is not None:
+        if self.agent is None or self._lost or self.vm.health().cause or self.vm.stall():
             return
         with contextlib.suppress(AgentError):
             text = self.agent.call("system.dmesg", timeout=15)
@@ -119,10 +173,16 @@ class Guest:
 
     def close(self) -> None:
         """Save dmesg, close the agent and SSH, stop QEMU, remove the run dir."""
+        start = time.monotonic()
         try:
             self.save_dmesg()
         finally:
             if self.agent is not None:
                 self.agent.close()
                 self.agent = None
+            closed = self.vm.last_teardown_s is not None
             self.vm.close()
+            if not closed:
+                self.timings["teardown_s"] = time.monotonic() - start
+                with contextlib.suppress(OSError):
+                    self._write_timings()

@@ -341,6 +341,8 @@ def read_bundle(path: Path | str) -> Bundle:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise BundleError(f"{path}: not valid JSON (nested too deeply)") from None
     return parse_bundle(data, path)
 
 

@@ -7,7 +7,7 @@ Bytes travel as ``{"__b64__": "..."}``.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 from typing import Any
 
@@ -21,7 +21,7 @@ class ProtocolError(Exception):
 
 def _default(obj: object) -> object:
     if isinstance(obj, bytes | bytearray | memoryview):
-        return {"__b64__": base64.b64encode(bytes(obj)).decode()}
+        return {"__b64__": binascii.b2a_base64(bytes(obj), newline=False).decode()}
     if hasattr(obj, "as_dict"):
         return obj.as_dict()
     if hasattr(obj, "__dataclass_fields__"):
@@ -33,7 +33,7 @@ def _default(obj: object) -> object:
 
 def _hook(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and "__b64__" in obj:
-        return base64.b64decode(obj["__b64__"])
+        return binascii.a2b_base64(obj["__b64__"])  # base64's module is slow to import
     return obj
 
 

@@ -8,9 +8,8 @@ the host can raise an error that says exactly what failed inside the guest.
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import os
 import sys
-import traceback
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -41,8 +40,12 @@ def _discover() -> None:
         package = importlib.import_module(SCENARIO_PACKAGE)
     except ModuleNotFoundError:
         return
-    for info in pkgutil.iter_modules(package.__path__):
-        _MODULES.setdefault(info.name, f"{SCENARIO_PACKAGE}.{info.name}")
+    # os.listdir rather than pkgutil: importing pkgutil costs a TCG guest ~0.2 s per start
+    for directory in package.__path__:
+        for entry in sorted(os.listdir(directory)):
+            name, dot, suffix = entry.partition(".")
+            if dot and suffix == "py" and name.isidentifier() and name != "__init__":
+                _MODULES.setdefault(name, f"{SCENARIO_PACKAGE}.{name}")
 
 
 def _lookup(name: str) -> Method | None:
@@ -58,6 +61,8 @@ def _lookup(name: str) -> Method | None:
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
+    import traceback  # only on errors: it is slow to import under TCG
+
     payload: dict[str, Any] = {
         "type": type(exc).__name__,
         "message": str(exc),

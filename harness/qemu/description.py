@@ -9,10 +9,13 @@ command line.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import types
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from harness.errors import ConfigError
 
@@ -29,6 +32,55 @@ _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 def _check_id(owner: str, value: str) -> None:
     if not _ID.match(value):
         raise ConfigError(f"{owner}.id: {value!r} is not a valid QEMU id")
+
+
+@functools.cache
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return {f.name: get_type_hints(cls)[f.name] for f in fields(cls)}
+
+
+def _hint_text(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_hint_text(a) for a in get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(hint))
+    if origin is tuple:
+        return "a list of " + re.sub(r"^an? ", "", _hint_text(get_args(hint)[0])) + "s"
+    if hint is type(None):
+        return "null"
+    if hint is Path:
+        return "a path"
+    names = {bool: "a boolean", int: "an integer", str: "a string"}
+    return names.get(hint) or str(getattr(hint, "__name__", hint))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type a field's annotation says (bools are not ints)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in get_args(hint))
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in get_args(hint))
+    if origin is tuple:
+        item = get_args(hint)[0]
+        return isinstance(value, tuple) and all(_fits(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is Path:
+        return isinstance(value, str | os.PathLike)
+    return isinstance(value, hint)
+
+
+def _check_types(obj: Any, owner: str) -> None:
+    """ConfigError naming the first field whose value has the wrong type."""
+    cls: Any = type(obj)
+    for name, hint in _hints(cls).items():
+        value = getattr(obj, name)
+        if not _fits(value, hint):
+            raise ConfigError(f"{owner}{name}={value!r:.60}: expected {_hint_text(hint)}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +125,7 @@ class IntelIommu:
         }
 
     def validate(self) -> None:
+        _check_types(self, "intel-iommu.")
         if self.aw_bits is not None and self.aw_bits not in (39, 48):
             raise ConfigError(f"intel-iommu aw-bits={self.aw_bits}: QEMU supports 39 or 48")
         if self.flts and not self.scalable_mode:
@@ -114,6 +167,7 @@ class SmmuV3:
         return props
 
     def validate(self) -> None:
+        _check_types(self, "arm-smmuv3.")
         if self.stage is not None and self.stage not in ("1", "2", "nested"):
             raise ConfigError(f"arm-smmuv3 stage={self.stage!r}: expected 1, 2 or nested")
         if not self.device:
@@ -138,6 +192,7 @@ class Edu:
     addr: str | None = None
 
     def validate(self) -> None:
+        _check_types(self, "edu.")
         _check_id("edu", self.id)
         if self.dma_mask is not None and not 0 < self.dma_mask < 1 << 64:
             raise ConfigError(f"edu.dma_mask={self.dma_mask:#x}: must be a non-zero 64-bit mask")
@@ -152,6 +207,7 @@ class VfioPci:
     id: str = "hostdev0"
 
     def validate(self) -> None:
+        _check_types(self, "vfio-pci.")
         _check_id("vfio-pci", self.id)
         if not self.host:
             raise ConfigError("vfio-pci: host BDF is required (e.g. host='0000:01:00.0')")
@@ -169,6 +225,7 @@ class UserNic:
     id: str = "net0"
 
     def validate(self) -> None:
+        _check_types(self, "nic.")
         _check_id("nic", self.id)
 
 
@@ -177,7 +234,7 @@ class Pvpanic:
     """pvpanic: a guest panic becomes a ``GUEST_PANICKED`` QMP event."""
 
     def validate(self) -> None:
-        pass
+        _check_types(self, "pvpanic.")
 
 
 Device = Edu | VfioPci | UserNic | Pvpanic
@@ -212,6 +269,7 @@ class Machine:
             raise ConfigError(f"arch={self.arch!r}: expected one of {', '.join(ARCHES)}")
         if self.accel not in ACCELS:
             raise ConfigError(f"accel={self.accel!r}: expected one of {', '.join(ACCELS)}")
+        _check_types(self, "")
         if not 64 <= self.memory_mb <= 64 * 1024:
             raise ConfigError(f"memory_mb={self.memory_mb}: expected 64..65536")
         if not 1 <= self.smp <= 64:
@@ -292,7 +350,11 @@ def machine_from_dict(data: dict[str, Any]) -> Machine:
     def nested(raw: Any, where: str) -> Any:
         if raw is None:
             return None
-        if not isinstance(raw, dict) or raw.get("type") not in _TYPES:
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("type"), str)
+            or (raw["type"] not in _TYPES)
+        ):
             raise ConfigError(f"{where}: unknown or missing 'type' ({raw!r:.60})")
         return build(_TYPES[raw["type"]], raw, where)
 
@@ -302,8 +364,13 @@ def machine_from_dict(data: dict[str, Any]) -> Machine:
     raw.pop("type", None)
     for key in ("kernel", "initrd", "uefi_code"):
         if raw.get(key) is not None:
+            if not isinstance(raw[key], str):
+                raise ConfigError(f"machine.{key}={raw[key]!r:.60}: expected a path string")
             raw[key] = Path(raw[key])
     raw["viommu"] = nested(raw.get("viommu"), "machine.viommu")
+    for key in ("devices", "extra_args"):
+        if not isinstance(raw.get(key) or [], list | tuple):
+            raise ConfigError(f"machine.{key}={raw[key]!r:.60}: expected a list")
     raw["devices"] = tuple(
         nested(d, f"machine.devices[{i}]") for i, d in enumerate(raw.get("devices") or [])
     )

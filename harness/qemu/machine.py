@@ -4,6 +4,17 @@
 and its artifacts directory (argv, console, QMP transcript, QEMU log with trace events,
 stderr).  Teardown is ``quit`` over QMP, then SIGTERM, then SIGKILL, each with a bounded
 wait, and runs whatever happened before (``with QemuMachine(...)`` or ``close()``).
+
+Bounds (defaults; all configurable per machine):
+
+- a dead QEMU, a panic or a KVM internal error is seen by the watchdog within 0.1 s and
+  by ``health()`` at once;
+- a guest that stops running — QEMU stopped by a signal (SIGSTOP) or the VM paused
+  (QMP ``stop``) — is reported as ``hung`` once that has lasted ``hang_timeout`` (30 s),
+  to whoever waits on it (``health(include_hang=True)``: agent calls, QMP commands, the
+  ready and SSH waits); a guest kept alive for poking may stay paused;
+- teardown takes at most ``3 * teardown_grace + 10`` s (19 s): ``quit``, SIGTERM and
+  SIGKILL each get their wait; a stopped QEMU is continued first so ``quit`` works.
 """
 
 from __future__ import annotations
@@ -35,6 +46,15 @@ PANIC_PATTERNS = (
 )
 KVM_INTERNAL_ERROR = re.compile(r"KVM internal error.*")
 HOSTFWD_ERROR = re.compile(r"Could not set up host forwarding rule")
+STOPPED_BY_SIGNAL = "the QEMU process is stopped"
+#: QMP SHUTDOWN reasons, as a person would say them
+SHUTDOWN_REASONS = {
+    "host-qmp-quit": "'quit' over QMP",
+    "host-signal": "a signal to QEMU",
+    "guest-shutdown": "the guest powered off",
+    "guest-reset": "the guest rebooted (-no-reboot)",
+    "guest-panic": "guest panic",
+}
 
 
 class MachineError(HarnessError):
@@ -65,7 +85,7 @@ class MachineHealth:
     """Why a machine is no longer usable, or ``None`` fields when it is fine."""
 
     cause: str | None
-    kind: str | None = None  # "exited", "panic", "kvm-internal-error", "qmp-closed"
+    kind: str | None = None  # "exited", "panic", "kvm-internal-error", "qmp-closed", "hung"
 
 
 class QemuMachine:
@@ -81,8 +101,19 @@ class QemuMachine:
         ready_marker: str | None = None,
         authorized_key: str | None = None,
         log: Any = None,
+        hang_timeout: float | None = 30.0,
+        teardown_grace: float = 3.0,
+        host_key: Path | None = None,
     ) -> None:
         self.machine = machine
+        #: a private host key file the guest's sshd is to use (fw_cfg), or None
+        self.host_key = host_key
+        #: how long QEMU may stay stopped / the VM paused before ``health()`` says "hung"
+        self.hang_timeout = hang_timeout
+        #: the wait given to each teardown step (quit, SIGTERM, SIGKILL)
+        self.teardown_grace = teardown_grace
+        #: seconds the last teardown took (``None`` before the first)
+        self.last_teardown_s: float | None = None
         self.name = name
         self.qemu = qemu
         self.ready_marker = ready_marker
@@ -97,6 +128,8 @@ class QemuMachine:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
         self._health: MachineHealth = MachineHealth(None)
+        self._stall: tuple[str, float] | None = None
+        self._qmp_lost_at: float | None = None
         self._watch: threading.Thread | None = None
         self._closed = False
         self._log = log or (lambda msg: print(f"[{self.name}] {msg}", file=sys.stderr))
@@ -145,6 +178,7 @@ class QemuMachine:
             qemu_log=self.qemu_log,
             authorized_keys=keys,
             ssh_port=self.ssh_port if has_nic else None,
+            host_key=self.host_key,
         )
 
     def launch(self, ready_timeout: float | None = None) -> None:
@@ -186,6 +220,8 @@ class QemuMachine:
         )
         self._stderr = open(self.stderr_log, "wb")  # noqa: SIM115 - closed in _stop_process
         self._health = MachineHealth(None)
+        self._stall = None
+        self._qmp_lost_at = None
         self._log(f"starting {Path(self.argv[0]).name} ({accel}); artifacts in {self.artifacts}")
         try:
             self._proc = subprocess.Popen(
@@ -194,11 +230,12 @@ class QemuMachine:
                 stdout=self._stderr,
                 stderr=self._stderr,
                 start_new_session=True,
+                umask=0o077,  # the QMP socket and QEMU's logs: owner only
             )
         except OSError as exc:
             self._stderr.close()
             raise MachineError(f"cannot run {self.argv[0]}: {exc}", self.artifacts) from None
-        self.qmp = QmpSession(self.artifacts / "qmp.jsonl")
+        self.qmp = QmpSession(self.artifacts / "qmp.jsonl", watch=self._qmp_watch)
         try:
             self.qmp.connect(self.qmp_socket, timeout=15.0, abort=self._exited)
         except QmpError as exc:
@@ -217,10 +254,61 @@ class QemuMachine:
         assert self.qmp is not None
         self.qmp.execute("query-status")
 
+    def _qmp_watch(self) -> str | None:
+        """Why a QMP command cannot be answered: QEMU exited, or it is stopped for too long."""
+        if (cause := self._exited()) is not None:
+            return cause
+        stall = self.stall()
+        if stall is not None and stall[0].startswith(STOPPED_BY_SIGNAL):
+            return self._hung(stall)
+        return None
+
+    def _process_state(self) -> str | None:
+        """The kernel's state letter for QEMU (``T`` when stopped by a signal)."""
+        if self._proc is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self._proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        return stat.rpartition(")")[2].split()[0]
+
+    def _runstate_paused(self) -> float | None:
+        """When the VM was paused (last STOP event not followed by RESUME), else None."""
+        if self.qmp is None:
+            return None
+        last = None
+        for event in self.qmp.events():
+            if event.name == "STOP":
+                last = event.received
+            elif event.name == "RESUME":
+                last = None
+        return last
+
+    def stall(self) -> tuple[str, float] | None:
+        """``(reason, since)`` while the guest is not running though QEMU is alive."""
+        now = time.monotonic()
+        if self._process_state() in ("T", "t"):
+            if self._stall is None or not self._stall[0].startswith(STOPPED_BY_SIGNAL):
+                self._stall = (f"{STOPPED_BY_SIGNAL} (SIGSTOP or similar)", now)
+            return self._stall
+        if (paused := self._runstate_paused()) is not None:
+            self._stall = ("the VM is paused (QMP STOP event, no RESUME)", paused)
+            return self._stall
+        self._stall = None
+        return None
+
+    def _hung(self, stall: tuple[str, float]) -> str | None:
+        reason, since = stall
+        stuck = time.monotonic() - since
+        if self.hang_timeout is None or stuck < self.hang_timeout:
+            return None
+        return f"guest hung: {reason} for {stuck:.1f}s (hang timeout {self.hang_timeout:g}s)"
+
     # -- health ------------------------------------------------------------------------
 
     def _watchdog(self) -> None:
-        """Record the first reason the machine became unusable."""
+        """Record the first reason the machine became unusable (and when a stall began)."""
         proc = self._proc
         while proc is not None and not self._closed:
             cause = self._detect()
@@ -229,6 +317,7 @@ class QemuMachine:
                 return
             if proc.poll() is not None:
                 continue
+            self.stall()
             time.sleep(0.1)
 
     def _detect(self) -> MachineHealth:
@@ -244,17 +333,37 @@ class QemuMachine:
         if self._proc is not None and (rc := self._proc.poll()) is not None:
             last = err.strip().splitlines()[-1:] or [""]
             how = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+            if self.qmp is not None and (shutdown := self.qmp.events("SHUTDOWN")):
+                reason = shutdown[-1].data.get("reason", "?")
+                how += f" after a shutdown ({SHUTDOWN_REASONS.get(reason, reason)})"
             return MachineHealth(f"QEMU {how} {last[0]}".strip(), "exited")
+        if self.qmp is not None and self.qmp.disconnected:
+            # QEMU closes QMP only when it exits; give the exit a moment to show
+            now = time.monotonic()
+            self._qmp_lost_at = self._qmp_lost_at or now
+            if now - self._qmp_lost_at > 2.0:
+                return MachineHealth("QEMU closed the QMP connection but is still running",
+                                     "qmp-closed")  # fmt: skip
         return MachineHealth(None)
 
-    def health(self) -> MachineHealth:
-        """The current health; checks now rather than waiting for the watchdog."""
+    def health(self, include_hang: bool = False) -> MachineHealth:
+        """The current health; checks now rather than waiting for the watchdog.
+
+        A dead QEMU, a panic or a KVM error is final.  With ``include_hang`` (for callers
+        waiting on the guest), a guest stopped or paused longer than ``hang_timeout`` is
+        ``hung`` for as long as the stall lasts.
+        """
         if self._health.cause is None:
             self._health = self._detect()
+        if self._health.cause is not None or not include_hang:
+            return self._health
+        stall = self.stall()
+        if stall is not None and (cause := self._hung(stall)) is not None:
+            return MachineHealth(cause, "hung")
         return self._health
 
     def _raise_failure(self, default: str) -> None:
-        health = self.health()
+        health = self.health(include_hang=True)
         cause = health.cause or default
         tail = self.console_tail()
         if health.kind == "panic":
@@ -272,7 +381,7 @@ class QemuMachine:
         while True:
             if self.ready_marker in self.console_text():
                 return time.monotonic() - start
-            if self.health().cause is not None:
+            if self.health(include_hang=True).cause is not None:
                 self._raise_failure("stopped")
             if time.monotonic() - start > timeout:
                 raise MachineError(
@@ -302,11 +411,15 @@ class QemuMachine:
 
     # -- teardown ----------------------------------------------------------------------
 
-    def _stop_process(self, grace: float = 3.0) -> None:
+    def _stop_process(self, grace: float | None = None) -> None:
+        grace = self.teardown_grace if grace is None else grace
         proc = self._proc
+        if proc is not None and proc.poll() is None and self._process_state() in ("T", "t"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # stopped, it can answer neither quit nor TERM
         if proc is not None and proc.poll() is None and self.qmp is not None:
             with contextlib.suppress(QmpError):
-                self.qmp.execute("quit", timeout=grace)
+                self.qmp.execute("quit", timeout=grace, watched=False)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(grace)
         if proc is not None and proc.poll() is None:
@@ -336,9 +449,11 @@ class QemuMachine:
         if self._closed:
             return
         self._closed = True
+        start = time.monotonic()
         try:
             self._stop_process()
         finally:
             remove_run_dir(self.run_dir)
             if self._watch is not None:
                 self._watch.join(2.0)
+            self.last_teardown_s = time.monotonic() - start

@@ -102,15 +102,31 @@ def probe(binary: str) -> QemuCapabilities:
 
 def _probe_live(binary: str) -> QemuCapabilities:
     run_dir = private_run_dir("viommu-probe-")
+    try:
+        return _probe_in(binary, run_dir)
+    finally:
+        remove_run_dir(run_dir)
+
+
+def _probe_in(binary: str, run_dir: Path) -> QemuCapabilities:
     sock = run_dir / "qmp.sock"
     argv = [binary, "-machine", "none", "-nodefaults", "-display", "none",
             "-qmp", f"unix:{sock},server=on,wait=off"]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            umask=0o077,
+        )  # fmt: skip
+    except OSError as exc:
+        raise HarnessError(f"probing {binary} failed: cannot run it ({exc})") from None
+
+    def exited() -> str | None:
+        code = proc.poll()
+        return None if code is None else f"QEMU exited with status {code}"
+
     qmp = QmpSession()
     try:
-        qmp.connect(sock, timeout=20.0)
+        qmp.connect(sock, timeout=20.0, abort=exited)
         ver = qmp.execute("query-version")
         types = {t["name"] for t in qmp.execute("qom-list-types", {"abstract": False})}
         props: dict[str, frozenset[str]] = {}
@@ -139,7 +155,6 @@ def _probe_live(binary: str) -> QemuCapabilities:
         proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
-        remove_run_dir(run_dir)
 
 
 def required_properties(machine: Machine) -> list[tuple[str, str]]:

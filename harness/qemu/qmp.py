@@ -31,6 +31,10 @@ class QmpError(HarnessError):
     """A QMP command failed or the connection is gone."""
 
 
+class _WatchAbortError(Exception):
+    """The watch callback gave a reason to stop waiting."""
+
+
 class QmpCommandError(QmpError):
     """QEMU answered a command with an error (``error_class`` as in QMP)."""
 
@@ -63,7 +67,16 @@ def _as_dict(value: object) -> dict[str, Any]:
 class QmpSession:
     """Connected QMP monitor of one QEMU process."""
 
-    def __init__(self, transcript: Path | None = None) -> None:
+    def __init__(
+        self,
+        transcript: Path | None = None,
+        watch: Callable[[], str | None] | None = None,
+        poll: float = 0.25,
+    ) -> None:
+        #: polled while a command waits: a returned reason (QEMU died, QEMU is stopped)
+        #: ends the wait at once with that reason instead of the command's timeout
+        self.watch = watch
+        self._poll = poll
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="qmp", daemon=True)
         self._thread.start()
@@ -78,11 +91,26 @@ class QmpSession:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    def _run(
+        self,
+        coro: Coroutine[Any, Any, T],
+        timeout: float | None,
+        watch: Callable[[], str | None] | None = None,
+    ) -> T:
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return fut.result(timeout)
-        except TimeoutError:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError
+                step = left if watch is None else min(self._poll, left or self._poll)
+                try:
+                    return fut.result(step)
+                except TimeoutError:
+                    if watch is not None and (reason := watch()):
+                        raise _WatchAbortError(reason) from None
+        except (TimeoutError, _WatchAbortError):
             fut.cancel()
             raise
 
@@ -152,23 +180,46 @@ class QmpSession:
         self._log("connected", str(socket_path))
 
     def execute(
-        self, command: str, args: Mapping[str, Any] | None = None, timeout: float = 30.0
+        self,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        timeout: float = 30.0,
+        *,
+        watched: bool = True,
     ) -> Any:
-        """Run a QMP command and return its ``return`` value."""
+        """Run a QMP command and return its ``return`` value.
+
+        While waiting, ``watch`` (unless ``watched=False``) is polled; a lost connection
+        is reported with the reason ``watch`` gives (e.g. ``QEMU killed by signal 9``).
+        """
         self._log("command", {"execute": command, "arguments": dict(args or {})})
+        watch = self.watch if watched else None
         try:
-            reply = self._run(self._client.execute(command, dict(args or {})), timeout)
+            reply = self._run(self._client.execute(command, dict(args or {})), timeout, watch)
         except ExecuteError as exc:
             self._log("error", {"class": exc.error_class, "desc": str(exc)})
             raise QmpCommandError(command, exc.error_class, exc.error.error.desc) from None
+        except _WatchAbortError as exc:
+            self._log("aborted", str(exc))
+            raise QmpError(f"{command}: {exc}") from None
         except TimeoutError:
             self._log("timeout", command)
             raise QmpError(f"{command}: no reply within {timeout:.0f}s") from None
         except Exception as exc:  # connection-level failures from qemu.qmp
             self._log("failure", repr(exc))
-            raise QmpError(f"{command}: {type(exc).__name__}: {exc}") from None
+            raise QmpError(f"{command}: {self._why_lost(exc)}") from None
         self._log("return", reply)
         return reply
+
+    def _why_lost(self, exc: BaseException) -> str:
+        """The connection-level failure, with the watcher's reason once QEMU is gone."""
+        text = f"{type(exc).__name__}: {exc}"
+        if self.watch is None:
+            return text
+        deadline = time.monotonic() + 2.0  # the exit is seen shortly after the EOF
+        while (reason := self.watch()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return f"connection lost: {reason} ({text})" if reason else text
 
     @property
     def disconnected(self) -> bool:

@@ -52,6 +52,8 @@ def _split(data: bytes, record_size: int) -> tuple[list[VEvent], str | None]:
     hsize = HEADER.size
     end = len(data)
     offset = 0
+    if record_size < 0:
+        return records, f"payload size {record_size} is negative"
     while end - offset >= hsize:
         flags, sequence = unpack(data, offset)
         start = offset + hsize

@@ -172,6 +172,10 @@ def lookup_cd(memory: MemoryReader, *, base: int, s1fmt: int, s1cdmax: int, ssid
     An SSID beyond 2^S1CDMax or an invalid L1CD is C_BAD_SUBSTREAMID, a read outside the
     memory F_CD_FETCH; the field named in the error says which.
     """
+    if not 0 <= s1cdmax < 32:
+        raise DecodeError("STE.S1CDMax", f"{s1cdmax}: not a 5-bit field value")
+    if s1fmt not in (0, 1, 2, 3):
+        raise DecodeError("STE.S1Fmt", f"{s1fmt}: not a 2-bit field value")
     if not 0 <= ssid < 1 << s1cdmax:
         raise DecodeError("SSID", f"{ssid:#x} >= 2^S1CDMax ({s1cdmax}): C_BAD_SUBSTREAMID")
     if s1cdmax == 0 or s1fmt == S1Fmt.LINEAR or s1fmt == 3:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 from harness.errors import DecodeError, EncodeError
 from harness.vtd._bits import (
@@ -123,7 +123,9 @@ class InvalidationDescriptor(Packed):
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Self:
-        """Decode a 16- or 32-byte descriptor of this class's type."""
+        """Decode a 16- or 32-byte descriptor of this class's type (the base: of any type)."""
+        if "LAYOUT" not in vars(cls):
+            return cast(Self, decode_invalidation(data))
         words = _descriptor_words(cls.LAYOUT.struct_name, data)
         return cls.from_words(words[:2])
 

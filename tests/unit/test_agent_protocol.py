@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import zipfile
 from collections.abc import Iterator
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 
 from guests.agent import server
 from guests.agent.protocol import ProtocolError, decode, encode
-from harness.agent.bundle import agent_bundle
+from harness.agent.bundle import agent_bundle, framed_bundle, read_bundle
 from harness.agent.client import BOOTSTRAP
 
 pytestmark = pytest.mark.tier0
@@ -25,14 +23,13 @@ class LocalAgent:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", BOOTSTRAP],
+            [sys.executable, "-I", "-S", "-u", "-c", BOOTSTRAP],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        data, _ = agent_bundle()
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{len(data)}\n".encode() + data)
+        self.proc.stdin.write(framed_bundle())
         self.proc.stdin.flush()
         self.next_id = 0
 
@@ -66,7 +63,7 @@ def agent() -> Iterator[LocalAgent]:
 def test_bundle_is_deterministic_and_pure() -> None:
     data, digest = agent_bundle()
     assert agent_bundle() == (data, digest)
-    names = zipfile.ZipFile(BytesIO(data)).namelist()
+    names = list(read_bundle(data))
     assert "guests/agent/server.py" in names
     assert "harness/errors.py" in names
     assert not any(n.startswith(("harness/qemu/", "harness/agent/")) for n in names)

@@ -380,3 +380,29 @@ def test_test_bundle_reruns_through_pytest(tmp_path: Path, prepared: runner.Prep
         "-m", "pytest", "tests/vm/test_x.py::test_y", "--qemu", "/q", "--accel", "tcg",
         "--seed", "12", "--keep-on-failure", "-s",
     ]  # fmt: skip
+
+
+def test_run_scenario_applies_the_prepare_hook_and_overrides(
+    scenario: Scenario, prepared: runner.Prepared, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    asked: dict[str, Any] = {}
+
+    def fake_prepare(scen: Scenario, arch: str, **kwargs: Any) -> runner.Prepared:
+        asked.update(kwargs, arch=arch)
+        return prepared
+
+    def fake_execute(
+        scen: Scenario, prep: runner.Prepared, params: Any, art: Path, **kw: Any
+    ) -> Any:
+        return prep, params
+
+    hooked = runner.Prepared(prepared.machine.with_(extra_args=("-x",)), "q", "R", {}, {})
+    monkeypatch.setattr(runner, "prepare_machine", fake_prepare)
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    monkeypatch.setitem(runner.PREPARE_HOOKS, SCENARIO, lambda prep, log: hooked)
+    result: Any = runner.run_scenario(
+        SCENARIO, params={"fail": True}, viommu_options={"flts": False}, seed=8,
+        artifacts=tmp_path,
+    )  # fmt: skip
+    assert result == (hooked, {"fail": True, "seed": 8})
+    assert asked["arch"] == "x86_64" and asked["viommu_options"] == {"flts": False}

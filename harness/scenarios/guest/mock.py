@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import time
 from typing import Any
 
 from guests.agent.server import method
@@ -998,58 +997,3 @@ def broken_struct_size(delta: int = -8) -> dict[str, Any]:
         return result
     finally:
         driver_iommufd._MAP = saved
-
-
-@method
-def bench_map_unmap(iterations: int = 20000, domain: bool = True) -> dict[str, float]:
-    """Nanoseconds per IOMMU_IOAS_MAP + UNMAP of one page (driver and bare fcntl) and per ioctl.
-
-    The same loop as bench/driver_map_unmap.c: one page at MOCK_APERTURE_START, an IOAS
-    with (``domain``) a mock device attached; the best of two passes.
-    """
-    import fcntl
-
-    def best(loop: Any) -> float:
-        times = []
-        for _ in range(2):
-            start = time.perf_counter_ns()
-            loop()
-            times.append((time.perf_counter_ns() - start) / iterations)
-        return min(times)
-
-    with IommuFD() as ictx, DmaBuffer(PAGE_SIZE) as buf:
-        st = Selftest(ictx)
-        ioas = ictx.ioas()
-        if domain:
-            st.mock_domain(ioas)
-        iova, addr, n = t.MOCK_APERTURE_START, buf.addr, range(iterations)
-        map_, unmap = ioas.map, ioas.unmap
-
-        def driver() -> None:
-            for _ in n:
-                map_(addr, PAGE_SIZE, iova)
-                unmap(iova, PAGE_SIZE)
-
-        fd, ioctl = ictx.fd, fcntl.ioctl
-        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
-        flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE
-        map_arg = uapi.iommu_ioas_map(40, flags, ioas.id, 0, addr, PAGE_SIZE, iova)
-        unmap_arg = uapi.iommu_ioas_unmap(24, ioas.id, iova, PAGE_SIZE)
-        map_req, unmap_req = uapi.IOMMU_IOAS_MAP, uapi.IOMMU_IOAS_UNMAP
-
-        def bare() -> None:
-            for _ in n:
-                ioctl(fd, map_req, map_arg, True)
-                unmap_arg.length = PAGE_SIZE
-                ioctl(fd, unmap_req, unmap_arg, True)
-
-        def option() -> None:
-            get = ictx.get_rlimit_mode
-            for _ in n:
-                get()
-
-        return {
-            "py_driver_map_unmap_ns": best(driver),
-            "py_fcntl_map_unmap_ns": best(bare),
-            "py_driver_option_ns": best(option),
-        }

@@ -1,0 +1,213 @@
+"""Driver overhead per operation: ``harness.driver`` vs the same ioctls in C, same guest, same run.
+
+Boots a guest with the kernel's iommufd selftest mock (x86_64 by default; TCG here), then
+runs two programs on the same iommufd setup (an IOAS with a mock device, a nest-parent
+HWPT with a nested selftest HWPT):
+
+- bench/c/driver_ops.c, compiled statically on the host for the guest's arch against
+  the real Linux 7.3 uAPI headers, shipped with ``system.write_file``;
+- this file, run in the guest by the guest's Python (``--guest``) through the driver's
+  public API (``IommuFD``, ``IOAS.map/unmap``, ``IOAS.paging_hwpt``, ``PagingHwpt.nested``,
+  ``NestedHwpt.invalidate``, ``close``), importing the driver from the agent's bundle.
+
+Prints ``driver.<arch>.<op>: <Python ns> ns (<ratio>x C)`` per operation (goal: 1.5x), the
+C figure as its own line, and for invalidation the same call with pre-packed entries
+(what the per-call packing of a list of structs costs), and the bare ``fcntl.ioctl`` floor
+for map + unmap (what any Python driver pays before doing anything).
+
+Usage: .venv/bin/python bench/driver_ops.py [--arch x86_64|arm64] [--iterations N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "c" / "driver_ops.c"
+COMPILERS = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
+#: operations in the order both programs print them; ops that run n/4 times are slower
+OPS = (
+    "map_unmap_4k",
+    "map_unmap_2m",
+    "hwpt_alloc_free",
+    "nested_alloc_free",
+    "invalidate_1",
+    "invalidate_64",
+)
+GOAL = 1.5
+
+
+# -- guest side (standard library + the shipped harness.driver only) ---------------------
+
+
+def _best(op: Callable[[], object], n: int) -> float:
+    """Nanoseconds per call of ``op``: the best of two passes of ``n`` calls."""
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            op()
+        best = min(best, (time.perf_counter_ns() - start) / n)
+    return best
+
+
+def _bare_map_unmap(fd: int, ioas_id: int, addr: int, iova: int) -> Callable[[], None]:
+    """MAP + UNMAP of one page as two pre-built ``fcntl.ioctl`` calls: Python's own floor."""
+    import fcntl
+
+    from harness import uapi
+
+    flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
+    flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE
+    map_arg = uapi.iommu_ioas_map(40, flags, ioas_id, 0, addr, 4096, iova)
+    unmap_arg = uapi.iommu_ioas_unmap(24, ioas_id, iova, 4096)
+    ioctl, map_req, unmap_req = fcntl.ioctl, uapi.IOMMU_IOAS_MAP, uapi.IOMMU_IOAS_UNMAP
+
+    def op() -> None:
+        ioctl(fd, map_req, map_arg, True)
+        ioctl(fd, unmap_req, unmap_arg, True)
+
+    return op
+
+
+def guest_main(n: int) -> dict[str, float]:
+    """The operations through the driver's public API, in the guest."""
+    from harness.driver import DmaBuffer, IommuFD, Selftest
+    from harness.uapi import iommufd_test as t
+
+    size_4k, size_2m, iova = 4096, 2 << 20, t.MOCK_APERTURE_START
+    data = bytes(t.iommu_hwpt_selftest(iotlb=t.IOMMU_TEST_IOTLB_DEFAULT))
+    kind = t.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST
+    out: dict[str, float] = {}
+    with IommuFD() as ictx, DmaBuffer(size_2m) as buf:
+        ioas = ictx.ioas()
+        dev = Selftest(ictx).mock_domain(ioas)
+        parent = ioas.paging_hwpt(dev, nest_parent=True)
+        nested = parent.nested(dev, t.IOMMU_HWPT_DATA_SELFTEST, data)
+        one = [t.iommu_hwpt_invalidate_selftest(0, 0)]
+        many = [
+            t.iommu_hwpt_invalidate_selftest(0, i % (t.MOCK_NESTED_DOMAIN_IOTLB_ID_MAX + 1))
+            for i in range(64)
+        ]
+        packed_one, packed_many = b"".join(map(bytes, one)), b"".join(map(bytes, many))
+        addr, quarter = buf.addr, max(1, n // 4)
+
+        def map_unmap(length: int) -> Callable[[], None]:
+            def op() -> None:
+                ioas.map(addr, length, iova)
+                ioas.unmap(iova, length)
+
+            return op
+
+        out["map_unmap_4k"] = _best(map_unmap(size_4k), n)
+        out["map_unmap_4k_fcntl"] = _best(_bare_map_unmap(ictx.fd, ioas.id, addr, iova), n)
+        out["map_unmap_2m"] = _best(map_unmap(size_2m), quarter)
+        out["hwpt_alloc_free"] = _best(lambda: ioas.paging_hwpt(dev).close(), quarter)
+        out["nested_alloc_free"] = _best(
+            lambda: parent.nested(dev, t.IOMMU_HWPT_DATA_SELFTEST, data).close(), quarter
+        )
+        out["invalidate_1"] = _best(lambda: nested.invalidate(one, kind), n)
+        out["invalidate_64"] = _best(lambda: nested.invalidate(many, kind), quarter)
+        out["invalidate_1_packed"] = _best(
+            lambda: nested.invalidate(packed_one, kind, entry_len=8), n
+        )
+        out["invalidate_64_packed"] = _best(
+            lambda: nested.invalidate(packed_many, kind, entry_len=8), quarter
+        )
+    return out
+
+
+# -- host side ---------------------------------------------------------------------------
+
+
+def build(arch: str, directory: Path) -> Path:
+    """The C baseline, static, for ``arch``, against the real uAPI headers."""
+    import subprocess
+
+    from harness.uapi.headers import ensure_uapi_tree, kernel_arch
+
+    headers = ensure_uapi_tree(arch=kernel_arch(arch))
+    binary = directory / f"driver_ops-{arch}"
+    subprocess.run(
+        [COMPILERS[arch], "-O2", "-static", "-o", str(binary), str(SOURCE),
+         *(f"-I{d}" for d in headers.include_dirs)],
+        check=True,
+    )  # fmt: skip
+    return binary
+
+
+def host_main(arch: str, n: int, accel: str) -> None:
+    import tempfile
+
+    from harness import images
+    from harness.agent.bundle import agent_bundle
+    from harness.artifacts import artifacts_root, new_artifacts_dir
+    from harness.guest import Guest
+    from harness.profiles import guest_machine
+
+    image = images.ensure(arch)
+    machine = guest_machine(image, None, (), accel=accel)
+    with tempfile.TemporaryDirectory(prefix="bench-driver-") as tmp:
+        binary = build(arch, Path(tmp))
+        artifacts = new_artifacts_dir(f"driver-ops-{arch}", artifacts_root() / "bench")
+        with Guest(machine, artifacts, ready_marker=image.ready_marker,
+                   log=lambda m: None) as guest:  # fmt: skip
+            guest.call("system.write_file", path="/tmp/driver_ops", data=binary.read_bytes(),
+                       mode=0o755)  # fmt: skip
+            guest.call("system.write_file", path="/tmp/driver_ops.py",
+                       data=Path(__file__).read_bytes())  # fmt: skip
+            c_run = guest.call("system.run", argv=["/tmp/driver_ops", str(n)], timeout=1800)
+            if c_run["status"] != 0:
+                raise SystemExit(f"C baseline failed: {c_run['stderr'].decode().strip()}")
+            bundle = f"/run/viommu-agent/{agent_bundle()[1]}"
+            py_run = guest.call(
+                "system.run",
+                argv=["python3", "/tmp/driver_ops.py", "--guest", "--iterations", str(n),
+                      "--bundle", bundle],
+                timeout=1800,
+            )  # fmt: skip
+            if py_run["status"] != 0:
+                raise SystemExit(f"Python run failed: {py_run['stderr'].decode().strip()}")
+            mode = guest.vm.accel
+    c = {k: float(v) for k, v in (line.split(": ") for line in c_run["stdout"].decode().split("\n")
+                                   if line)}  # fmt: skip
+    py = json.loads(py_run["stdout"])
+    prefix = f"driver.{arch}.{mode}"
+    print(f"{prefix}.iterations: {n} iterations (n/4 for 2m, alloc and 64-entry ops)")
+    for op in OPS:
+        ratio = py[op] / c[op]
+        verdict = "met" if ratio <= GOAL else "missed"
+        print(f"{prefix}.c.{op}: {c[op]:.0f} ns")
+        print(f"{prefix}.py.{op}: {py[op]:.0f} ns ({ratio:.2f}x C; goal {GOAL}x {verdict}; "
+              f"+{(py[op] - c[op]) / 1000:.1f} us)")  # fmt: skip
+    floor = py["map_unmap_4k_fcntl"]
+    print(f"{prefix}.py_fcntl.map_unmap_4k: {floor:.0f} ns ({floor / c['map_unmap_4k']:.2f}x C; "
+          "bare fcntl.ioctl, the floor for any Python driver)")  # fmt: skip
+    for op in ("invalidate_1", "invalidate_64"):
+        packed = py[f"{op}_packed"]
+        print(f"{prefix}.py.{op}_prepacked: {packed:.0f} ns ({packed / c[op]:.2f}x C)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=("x86_64", "arm64"), default="x86_64")
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bundle", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.guest:
+        sys.path.insert(0, args.bundle)
+        print(json.dumps(guest_main(args.iterations)))
+        return
+    sys.path.insert(0, str(HERE.parent))
+    host_main(args.arch, args.iterations, args.accel)
+
+
+if __name__ == "__main__":
+    main()
