@@ -44,24 +44,29 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     artifacts = new_artifacts_dir(f"boot-{args.arch}-{kind}")
     with Guest(machine, artifacts, ready_marker=image.ready_marker, qemu=args.qemu) as guest:
-        print(f"guest up ({guest.vm.accel}, {guest.timings['boot_to_agent_s']:.1f}s)")
-        print(f"  ssh:       {guest.ssh_command()}")
-        print(f"  qmp:       {guest.vm.qmp_socket}")
-        print(f"  console:   {guest.vm.console_log}")
-        print(f"  artifacts: {artifacts}")
-        if args.run is not None:
-            result = guest.run(args.run)
-            sys.stdout.write(result.stdout)
-            sys.stderr.write(result.stderr)
-            return result.status
-        if args.keep:
-            print("keeping the guest alive; Ctrl-C to tear down", flush=True)
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                while not stop.wait(0.5):
-                    if (cause := guest.vm.health().cause) is not None:
-                        raise MachineError(f"guest stopped: {cause}", guest.artifacts)
-            except KeyboardInterrupt:
-                print("tearing down")
+        return serve(guest, args.run, args.keep)
+
+
+def serve(guest: Guest, command: str | None, keep: bool) -> int:
+    """Print how to reach ``guest``; then run ``command`` in it, or keep it until Ctrl-C."""
+    print(f"guest up ({guest.vm.accel}, {guest.timings['boot_to_agent_s']:.1f}s)")
+    print(f"  ssh:       {guest.ssh_command()}")
+    print(f"  qmp:       {guest.vm.qmp_socket}")
+    print(f"  console:   {guest.vm.console_log}")
+    print(f"  artifacts: {guest.artifacts}")
+    if command is not None:
+        result = guest.run(command)
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        return result.status
+    if keep:
+        print("keeping the guest alive; Ctrl-C to tear down", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(0.5):
+                if (cause := guest.vm.health().cause) is not None:
+                    raise MachineError(f"guest stopped: {cause}", guest.artifacts)
+        except KeyboardInterrupt:
+            print("tearing down")
     return 0

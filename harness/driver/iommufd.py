@@ -479,6 +479,28 @@ class _Invalidatable(IommufdObject):
         )
 
 
+class _NestingParent(IommufdObject):
+    """What nested HWPTs are allocated over: a nest-parent paging HWPT or a vIOMMU."""
+
+    @issues("IOMMU_HWPT_ALLOC")
+    def nested(
+        self,
+        dev: int | HasDevId,
+        data_type: int,
+        data: Data | None,
+        *,
+        flags: int = 0,
+        data_len: int | None = None,
+        fault: int | HasId | None = None,
+    ) -> NestedHwpt:
+        """IOMMU_HWPT_ALLOC of a nested (user-managed stage-1) HWPT with this as ``pt_id``."""
+        hwpt = self.ictx.hwpt_alloc(
+            dev, self, flags=flags, data_type=data_type, data=data, data_len=data_len, fault=fault
+        )
+        assert isinstance(hwpt, NestedHwpt)
+        return hwpt
+
+
 class IOAS(IommufdObject):
     """An IO address space: user memory mapped at IOVAs."""
 
@@ -649,7 +671,7 @@ class Hwpt(IommufdObject):
         self.flags = flags
 
 
-class PagingHwpt(Hwpt):
+class PagingHwpt(Hwpt, _NestingParent):
     """A kernel-managed HWPT mirroring an IOAS; a nest parent when allocated so."""
 
     rank = RANK_PAGING
@@ -664,24 +686,6 @@ class PagingHwpt(Hwpt):
     @property
     def nest_parent(self) -> bool:
         return bool(self.flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
-
-    @issues("IOMMU_HWPT_ALLOC")
-    def nested(
-        self,
-        dev: int | HasDevId,
-        data_type: int,
-        data: Data | None,
-        *,
-        flags: int = 0,
-        data_len: int | None = None,
-        fault: int | HasId | None = None,
-    ) -> NestedHwpt:
-        """A nested (user-managed stage-1) HWPT over this nest parent."""
-        hwpt = self.ictx.hwpt_alloc(
-            dev, self, flags=flags, data_type=data_type, data=data, data_len=data_len, fault=fault
-        )
-        assert isinstance(hwpt, NestedHwpt)
-        return hwpt
 
     @issues("IOMMU_HWPT_SET_DIRTY_TRACKING")
     def set_dirty_tracking(self, enable: bool, *, flags: int | None = None) -> None:
@@ -720,7 +724,7 @@ class NestedHwpt(Hwpt, _Invalidatable):
         self.parent = parent
 
 
-class VIOMMU(_Invalidatable):
+class VIOMMU(_Invalidatable, _NestingParent):
     """A virtual IOMMU over a nest parent: owns vDEVICEs, nested HWPTs, vEVENTQs, HW queues."""
 
     rank = RANK_VIOMMU
@@ -734,24 +738,6 @@ class VIOMMU(_Invalidatable):
         self.type = viommu_type
         #: the vIOMMU data buffer after the call (with the kernel's out fields)
         self.data = data
-
-    @issues("IOMMU_HWPT_ALLOC")
-    def nested(
-        self,
-        dev: int | HasDevId,
-        data_type: int,
-        data: Data | None,
-        *,
-        flags: int = 0,
-        data_len: int | None = None,
-        fault: int | HasId | None = None,
-    ) -> NestedHwpt:
-        """A nested HWPT allocated through this vIOMMU."""
-        hwpt = self.ictx.hwpt_alloc(
-            dev, self, flags=flags, data_type=data_type, data=data, data_len=data_len, fault=fault
-        )
-        assert isinstance(hwpt, NestedHwpt)
-        return hwpt
 
     @issues("IOMMU_VDEVICE_ALLOC")
     def vdevice(self, dev: int | HasDevId, virt_id: int) -> VDevice:

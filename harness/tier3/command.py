@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 
 from harness.errors import ConfigError
 
@@ -95,8 +93,8 @@ def _host_arch(arch: str | None) -> str:
 
 def _boot(args: argparse.Namespace) -> int:
     from harness.artifacts import new_artifacts_dir
+    from harness.commands.boot import serve
     from harness.guest import Guest
-    from harness.qemu.machine import MachineError
     from harness.scenarios.base import get
     from harness.scenarios.runner import PREPARE_HOOKS, prepare_machine
 
@@ -110,26 +108,7 @@ def _boot(args: argparse.Namespace) -> int:
     with Guest(
         prepared.machine, artifacts, ready_marker=prepared.ready_marker, qemu=prepared.binary
     ) as guest:
-        print(f"guest up ({guest.vm.accel}, {guest.timings['boot_to_agent_s']:.1f}s)")
-        print(f"  ssh:       {guest.ssh_command()}")
-        print(f"  qmp:       {guest.vm.qmp_socket}")
-        print(f"  artifacts: {artifacts}")
-        if args.run is not None:
-            result = guest.run(args.run)
-            sys.stdout.write(result.stdout)
-            sys.stderr.write(result.stderr)
-            return result.status
-        if args.keep:
-            print("keeping the guest alive; Ctrl-C to tear down", flush=True)
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                while not stop.wait(0.5):
-                    if (cause := guest.vm.health().cause) is not None:
-                        raise MachineError(f"guest stopped: {cause}", guest.artifacts)
-            except KeyboardInterrupt:
-                print("tearing down")
-    return 0
+        return serve(guest, args.run, args.keep)
 
 
 def _run(args: argparse.Namespace) -> int:

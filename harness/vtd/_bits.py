@@ -206,6 +206,24 @@ def sid_parts(sid: int) -> tuple[int, int, int]:
     return sid >> 8, (sid >> 3) & 0x1F, sid & 0x7
 
 
+class RequesterId:
+    """Mixin: the PCI bus, device and function of a record's 16-bit ``sid``."""
+
+    sid: int
+
+    @property
+    def bus(self) -> int:
+        return sid_parts(self.sid)[0]
+
+    @property
+    def dev(self) -> int:
+        return sid_parts(self.sid)[1]
+
+    @property
+    def fn(self) -> int:
+        return sid_parts(self.sid)[2]
+
+
 def format_bdf(sid: int, segment: int = 0) -> str:
     """``0000:00:03.0`` for a source ID, the way the kernel prints it."""
     bus, dev, fn = sid_parts(sid)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from harness.errors import DecodeError
-from harness.vtd._bits import format_bdf, sid_parts
+from harness.vtd._bits import RequesterId, format_bdf
 from harness.vtd.faults import FaultRecord
 from harness.vtd.prq import PageRequest
 
@@ -51,7 +51,7 @@ _PASID_MAX = (1 << 20) - 1
 
 
 @dataclass(frozen=True)
-class DmarFault:
+class DmarFault(RequesterId):
     """One DMA or interrupt-remapping fault as the kernel reported it."""
 
     kind: str
@@ -63,18 +63,6 @@ class DmarFault:
     is_write: bool | None
     segment: int = 0
     line: str = ""
-
-    @property
-    def bus(self) -> int:
-        return sid_parts(self.sid)[0]
-
-    @property
-    def dev(self) -> int:
-        return sid_parts(self.sid)[1]
-
-    @property
-    def fn(self) -> int:
-        return sid_parts(self.sid)[2]
 
     @property
     def bdf(self) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from harness.errors import DecodeError
-from harness.vtd._bits import Bits, ErrorType, Layout, Packed, bit, sid_parts
+from harness.vtd._bits import Bits, ErrorType, Layout, Packed, RequesterId, bit
 from harness.vtd.reasons import FaultKind, fault_kind, fault_reason_name
 
 _LAYOUT = Layout(
@@ -63,7 +63,7 @@ def pasid_from(struct_name: str, values: dict[str, Any]) -> int | None:
 
 
 @dataclass(frozen=True)
-class FaultRecord(Packed):
+class FaultRecord(Packed, RequesterId):
     """One primary fault record, as read from a fault-recording register."""
 
     LAYOUT: ClassVar[Layout] = _LAYOUT
@@ -119,18 +119,6 @@ class FaultRecord(Packed):
             priv=priv,
             exe=exe,
         )
-
-    @property
-    def bus(self) -> int:
-        return sid_parts(self.sid)[0]
-
-    @property
-    def dev(self) -> int:
-        return sid_parts(self.sid)[1]
-
-    @property
-    def fn(self) -> int:
-        return sid_parts(self.sid)[2]
 
     @property
     def request_type(self) -> str:

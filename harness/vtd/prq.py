@@ -21,9 +21,9 @@ from harness.vtd._bits import (
     Bits,
     Layout,
     Packed,
+    RequesterId,
     bit,
     bytes_from_words,
-    sid_parts,
     words_from_bytes,
 )
 from harness.vtd.faults import pasid_fields, pasid_from
@@ -51,7 +51,7 @@ _LAYOUT = Layout(
 
 
 @dataclass(frozen=True)
-class PageRequest(Packed):
+class PageRequest(Packed, RequesterId):
     """One page request the IOMMU queued for software."""
 
     LAYOUT: ClassVar[Layout] = _LAYOUT
@@ -96,18 +96,6 @@ class PageRequest(Packed):
         if self.private_data is not None:
             words += _private_words(self.private_data)
         return bytes_from_words(words)
-
-    @property
-    def bus(self) -> int:
-        return sid_parts(self.sid)[0]
-
-    @property
-    def dev(self) -> int:
-        return sid_parts(self.sid)[1]
-
-    @property
-    def fn(self) -> int:
-        return sid_parts(self.sid)[2]
 
     @property
     def is_stop_marker(self) -> bool:
