@@ -13,7 +13,7 @@ HWPT with a nested selftest HWPT):
 Prints ``driver.<arch>.<op>: <Python ns> ns (<ratio>x C)`` per operation (goal: 1.5x), the
 C figure as its own line, and for invalidation the same call with pre-packed entries
 (what the per-call packing of a list of structs costs), and the bare ``fcntl.ioctl`` floor
-for map + unmap (what any Python driver pays before doing anything).
+for map + unmap and for one invalidation (what any Python driver pays before doing anything).
 
 Usage: .venv/bin/python bench/driver_ops.py [--arch x86_64|arm64] [--iterations N]
 """
@@ -56,28 +56,25 @@ def _best(op: Callable[[], object], n: int) -> float:
     return best
 
 
-def _bare_map_unmap(fd: int, ioas_id: int, addr: int, iova: int) -> Callable[[], None]:
-    """MAP + UNMAP of one page as two pre-built ``fcntl.ioctl`` calls: Python's own floor."""
+def _bare(fd: int, calls: list[tuple[int, object]]) -> Callable[[], None]:
+    """The same ioctls as pre-built ``fcntl.ioctl`` calls: the floor for any Python driver."""
     import fcntl
 
-    from harness import uapi
-
-    flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
-    flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE
-    map_arg = uapi.iommu_ioas_map(40, flags, ioas_id, 0, addr, 4096, iova)
-    unmap_arg = uapi.iommu_ioas_unmap(24, ioas_id, iova, 4096)
-    ioctl, map_req, unmap_req = fcntl.ioctl, uapi.IOMMU_IOAS_MAP, uapi.IOMMU_IOAS_UNMAP
+    ioctl = fcntl.ioctl
 
     def op() -> None:
-        ioctl(fd, map_req, map_arg, True)
-        ioctl(fd, unmap_req, unmap_arg, True)
+        for request, arg in calls:
+            ioctl(fd, request, arg, True)
 
     return op
 
 
 def guest_main(n: int) -> dict[str, float]:
     """The operations through the driver's public API, in the guest."""
+    import ctypes
+
     from harness.driver import DmaBuffer, IommuFD, Selftest
+    from harness.uapi import iommufd as u
     from harness.uapi import iommufd_test as t
 
     size_4k, size_2m, iova = 4096, 2 << 20, t.MOCK_APERTURE_START
@@ -105,7 +102,6 @@ def guest_main(n: int) -> dict[str, float]:
             return op
 
         out["map_unmap_4k"] = _best(map_unmap(size_4k), n)
-        out["map_unmap_4k_fcntl"] = _best(_bare_map_unmap(ictx.fd, ioas.id, addr, iova), n)
         out["map_unmap_2m"] = _best(map_unmap(size_2m), quarter)
         out["hwpt_alloc_free"] = _best(lambda: ioas.paging_hwpt(dev).close(), quarter)
         out["nested_alloc_free"] = _best(
@@ -113,6 +109,16 @@ def guest_main(n: int) -> dict[str, float]:
         )
         out["invalidate_1"] = _best(lambda: nested.invalidate(one, kind), n)
         out["invalidate_64"] = _best(lambda: nested.invalidate(many, kind), quarter)
+        flags = u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_READABLE
+        flags |= u.IOMMU_IOAS_MAP_WRITEABLE
+        bare_map = u.iommu_ioas_map(40, flags, ioas.id, 0, addr, size_4k, iova)
+        bare_unmap = u.iommu_ioas_unmap(24, ioas.id, iova, size_4k)
+        out["map_unmap_4k_fcntl"] = _best(
+            _bare(ictx.fd, [(u.IOMMU_IOAS_MAP, bare_map), (u.IOMMU_IOAS_UNMAP, bare_unmap)]), n
+        )
+        entry = ctypes.create_string_buffer(packed_one, len(packed_one))
+        bare_inv = u.iommu_hwpt_invalidate(32, nested.id, ctypes.addressof(entry), kind, 8, 1, 0)
+        out["invalidate_1_fcntl"] = _best(_bare(ictx.fd, [(u.IOMMU_HWPT_INVALIDATE, bare_inv)]), n)
         out["invalidate_1_packed"] = _best(
             lambda: nested.invalidate(packed_one, kind, entry_len=8), n
         )
@@ -185,9 +191,10 @@ def host_main(arch: str, n: int, accel: str) -> None:
         print(f"{prefix}.c.{op}: {c[op]:.0f} ns")
         print(f"{prefix}.py.{op}: {py[op]:.0f} ns ({ratio:.2f}x C; goal {GOAL}x {verdict}; "
               f"+{(py[op] - c[op]) / 1000:.1f} us)")  # fmt: skip
-    floor = py["map_unmap_4k_fcntl"]
-    print(f"{prefix}.py_fcntl.map_unmap_4k: {floor:.0f} ns ({floor / c['map_unmap_4k']:.2f}x C; "
-          "bare fcntl.ioctl, the floor for any Python driver)")  # fmt: skip
+    for op in ("map_unmap_4k", "invalidate_1"):
+        floor = py[f"{op}_fcntl"]
+        print(f"{prefix}.py_fcntl.{op}: {floor:.0f} ns ({floor / c[op]:.2f}x C; bare fcntl.ioctl,"
+              " the floor for any Python driver)")  # fmt: skip
     for op in ("invalidate_1", "invalidate_64"):
         packed = py[f"{op}_packed"]
         print(f"{prefix}.py.{op}_prepacked: {packed:.0f} ns ({packed / c[op]:.2f}x C)")

@@ -128,7 +128,10 @@ def _pack_entries(
     else:
         size = ctypes.sizeof(type(entries[0])) if entries else (entry_len or 0)
         stride = size if entry_len is None else entry_len
-        packed = b"".join(bytes(e)[:stride].ljust(stride, b"\0") for e in entries)
+        if stride == size:
+            packed = b"".join(map(bytes, entries))
+        else:
+            packed = b"".join(bytes(e)[:stride].ljust(stride, b"\0") for e in entries)
         entry_len, count = stride, len(entries)
     keep = ctypes.create_string_buffer(packed, max(len(packed), 1))
     return keep, ctypes.addressof(keep), entry_len, count
