@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from harness.driver.errors import IoctlError, describe
 
@@ -62,6 +62,19 @@ _REPR_LIMIT = 400
 def _short(arg: object) -> str:
     text = describe(arg)
     return text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT] + "...)"
+
+
+class Closing:
+    """Mixin for what owns an fd or a mapping: ``with obj:`` closes it, whatever happened."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class Channel:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from types import TracebackType
 
+from harness.driver.backend import Closing
 from harness.errors import ConfigError
 
 PAGE_SIZE = mmap.PAGESIZE
@@ -41,7 +41,7 @@ def _round_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
 
 
-class DmaBuffer:
+class DmaBuffer(Closing):
     """A page-aligned mapping of ``size`` bytes, unmapped by ``close()``."""
 
     def __init__(
@@ -106,17 +106,6 @@ class DmaBuffer:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
-
-    def __enter__(self) -> DmaBuffer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         kind = "hugetlb" if self.hugetlb else "thp" if self.thp else "4k"

@@ -14,10 +14,9 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from types import TracebackType
 from typing import Any
 
-from harness.driver.backend import Backend, Channel, open_channel
+from harness.driver.backend import Backend, Channel, Closing, open_channel
 from harness.driver.errors import issues
 from harness.driver.iommufd import IommuFD
 from harness.driver.objects import RANK_DEVICE, HasId, Owned, obj_id
@@ -72,7 +71,7 @@ class _Binding(Owned):
         return f"VfioDevice({self.device.path}, dev_id={self.device.dev_id})"
 
 
-class VfioDevice:
+class VfioDevice(Closing):
     """A VFIO device fd: a cdev (/dev/vfio/devices/vfioN) or one obtained from a group."""
 
     def __init__(self, path: str, *, backend: Backend | None = None) -> None:
@@ -268,22 +267,11 @@ class VfioDevice:
         self.attached.clear()
         self.chan.close()
 
-    def __enter__(self) -> VfioDevice:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"VfioDevice({self.path}, fd={self.chan.fd}, dev_id={self._dev_id})"
 
 
-class VfioContainer:
+class VfioContainer(Closing):
     """The type1 container ioctls, on /dev/vfio/vfio or on an iommufd (compat)."""
 
     def __init__(self, path: str = VFIO_CONTAINER_PATH, *, backend: Backend | None = None) -> None:
@@ -361,19 +349,8 @@ class VfioContainer:
         if self._owns_fd:
             self.chan.close()
 
-    def __enter__(self) -> VfioContainer:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class VfioGroup:
+class VfioGroup(Closing):
     """A VFIO group (/dev/vfio/N): attach it to a container, then get device fds from it."""
 
     def __init__(self, group: int | str, *, backend: Backend | None = None) -> None:
@@ -405,17 +382,6 @@ class VfioGroup:
 
     def close(self) -> None:
         self.chan.close()
-
-    def __enter__(self) -> VfioGroup:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _size_of(cmd: Any) -> int:

@@ -50,6 +50,11 @@ def _row(name: str, expected: Any, got: Any, ok: bool | None = None, note: str =
     }
 
 
+def _succeeded(name: str, err: int, note: str = "") -> Row:
+    """A row expecting a call to succeed; ``err`` is its errno (0: it did)."""
+    return _row(name, "success", os.strerror(err) if err else "success", note=note)
+
+
 def pattern(label: str, length: int = DMA_LENGTH) -> bytes:
     """Bytes that differ for every label (so a DMA that hit the wrong page shows)."""
     out = b""
@@ -394,14 +399,7 @@ def binding_case(case: dict[str, Any]) -> dict[str, Any]:
             )
         )
         err, where = session.attach_vste(vste, kind)
-        rows.append(
-            _row(
-                f"{label}: nested HWPT allocated and attached",
-                "success",
-                os.strerror(err) if err else "success",
-                note=where,
-            )
-        )
+        rows.append(_succeeded(f"{label}: nested HWPT allocated and attached", err, where))
         if err:
             return {"rows": rows, "facts": facts}
         src, dst = session.data_ipa(0), session.data_ipa(1)
@@ -458,14 +456,7 @@ def binding_case(case: dict[str, Any]) -> dict[str, Any]:
         s1dss=S1Dss.SSID0 if two_level else S1Dss.TERMINATE,
     )
     err, where = session.attach_vste(vste, label)
-    rows.append(
-        _row(
-            f"{label}: nested HWPT allocated and attached",
-            "success",
-            os.strerror(err) if err else "success",
-            note=where,
-        )
-    )
+    rows.append(_succeeded(f"{label}: nested HWPT allocated and attached", err, where))
     if err:
         return {"rows": rows, "facts": facts}
     session.sync_config()
@@ -520,14 +511,7 @@ def invalidation_stage(case: dict[str, Any]) -> dict[str, Any]:
     session.write_cd_table({0: cd}, cd_base)
     vste = build_nested_ste("s1", cd_table=cd_base, s1fmt=S1Fmt.LINEAR)
     err, where = session.attach_vste(vste, label)
-    rows.append(
-        _row(
-            f"{label}: stage-1 HWPT attached",
-            "success",
-            os.strerror(err) if err else "success",
-            note=where,
-        )
-    )
+    rows.append(_succeeded(f"{label}: stage-1 HWPT attached", err, where))
     if err:
         return {"rows": rows}
     session.sync_config()
@@ -580,24 +564,11 @@ def invalidation_apply(commands: list[dict[str, Any]] | None = None) -> dict[str
     result: dict[str, Any] = {}
     if _INV["change"] == "ste":
         err, where = session.attach_vste(build_nested_ste("bypass"), "bypass")
-        rows.append(
-            _row(
-                f"{label}: replacement (bypass) vSTE attached",
-                "success",
-                os.strerror(err) if err else "success",
-                note=where,
-            )
-        )
+        rows.append(_succeeded(f"{label}: replacement (bypass) vSTE attached", err, where))
     else:
         built = [make_command(c["name"], **c.get("fields", {})) for c in commands or []]
         err, done = _errno_of(session.invalidate, built)
-        rows.append(
-            _row(
-                f"{label}: IOMMU_HWPT_INVALIDATE on the vIOMMU",
-                "success",
-                os.strerror(err) if err else "success",
-            )
-        )
+        rows.append(_succeeded(f"{label}: IOMMU_HWPT_INVALIDATE on the vIOMMU", err))
         result["entry_num"] = done
     iova = _INV["iova"]
     after = session.where_written(iova, _INV["pages"], _INV["data"])
