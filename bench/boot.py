@@ -3,7 +3,7 @@
 For each arch (x86_64: q35 + VT-d + edu; arm64: virt + SMMUv3 + edu), alternately:
 
 - **floor**: the guest's kernel booted with an initramfs holding only a static init that
-  prints a marker (bench/c/floor_init.c, built here with gcc / aarch64-linux-gnu-gcc
+  prints a marker (bench/c/floor_init.c, built here with the arch's (cross) gcc
   -static, packed as newc cpio with ``harness.images.cpio``): launch -> marker;
 - **guest**: the real image through ``harness.guest.Guest``: launch -> ready marker
   (init done, sshd listening) -> SSH answers -> agent ready (code shipped, hello).
@@ -36,13 +36,13 @@ from harness import images
 from harness.artifacts import artifacts_root, new_artifacts_dir
 from harness.guest import Guest
 from harness.images import cpio
+from harness.images.arches import ARCHES
 from harness.profiles import VIOMMU_FOR_ARCH, guest_machine, make_viommu
 from harness.qemu.description import Machine
 from harness.qemu.machine import QemuMachine
 
 FLOOR_SOURCE = Path(__file__).resolve().parent / "c" / "floor_init.c"
 FLOOR_MARKER = "VIOMMU-FLOOR-READY"
-COMPILERS = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
 RUN_INIT = re.compile(r"^\[\s*([0-9.]+)\] Run /init as init process", re.M)
 INIT_READY = re.compile(r"viommu-init: ready after ([0-9.]+)s")
 FLOOR_UPTIME = re.compile(r"floor-init: uptime ([0-9.]+) s")
@@ -51,9 +51,8 @@ FLOOR_UPTIME = re.compile(r"floor-init: uptime ([0-9.]+) s")
 def floor_initramfs(arch: str, directory: Path) -> Path:
     """A newc cpio with /dev/console and a static /init that prints FLOOR_MARKER."""
     binary = directory / f"floor-init-{arch}"
-    subprocess.run(
-        [COMPILERS[arch], "-Os", "-static", "-o", str(binary), str(FLOOR_SOURCE)], check=True
-    )
+    compiler = f"{ARCHES[arch].cross_compile}gcc"
+    subprocess.run([compiler, "-Os", "-static", "-o", str(binary), str(FLOOR_SOURCE)], check=True)
     archive = directory / f"floor-{arch}.cpio"
     with archive.open("wb") as stream:
         writer = cpio.Writer(stream)

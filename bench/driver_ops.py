@@ -29,7 +29,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "c" / "driver_ops.c"
-COMPILERS = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
 #: operations in the order both programs print them; ops that run n/4 times are slower
 OPS = (
     "map_unmap_4k",
@@ -135,12 +134,13 @@ def build(arch: str, directory: Path) -> Path:
     """The C baseline, static, for ``arch``, against the real uAPI headers."""
     import subprocess
 
+    from harness.images.arches import ARCHES
     from harness.uapi.headers import ensure_uapi_tree, kernel_arch
 
     headers = ensure_uapi_tree(arch=kernel_arch(arch))
     binary = directory / f"driver_ops-{arch}"
     subprocess.run(
-        [COMPILERS[arch], "-O2", "-static", "-o", str(binary), str(SOURCE),
+        [f"{ARCHES[arch].cross_compile}gcc", "-O2", "-static", "-o", str(binary), str(SOURCE),
          *(f"-I{d}" for d in headers.include_dirs)],
         check=True,
     )  # fmt: skip
