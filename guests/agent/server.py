@@ -44,7 +44,7 @@ def _discover() -> None:
     for directory in package.__path__:
         for entry in sorted(os.listdir(directory)):
             name, dot, suffix = entry.partition(".")
-            if dot and suffix == "py" and name.isidentifier() and name != "__init__":
+            if dot and suffix == "py" and name.isidentifier() and not name.startswith("_"):
                 _MODULES.setdefault(name, f"{SCENARIO_PACKAGE}.{name}")
 
 

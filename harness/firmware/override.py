@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cachedir import cache_dir
 from harness.errors import ConfigError, HarnessError
 from harness.firmware.initrd import prepend_tables
 from harness.firmware.iort import Iort, parse_iort, set_canwbs
@@ -36,11 +37,7 @@ Log = Callable[[str], None]
 
 def cache_root() -> Path:
     """``$VIOMMU_FIRMWARE_CACHE`` or ``${XDG_CACHE_HOME:-~/.cache}/viommu-harness/firmware``."""
-    override = os.environ.get("VIOMMU_FIRMWARE_CACHE")
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "viommu-harness" / "firmware"
+    return cache_dir("firmware", "VIOMMU_FIRMWARE_CACHE")
 
 
 def file_identity(path: str | Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.cachedir import cache_dir
 from harness.images.progress import NullProgress, Progress
 
 META = "meta.json"
@@ -30,11 +31,7 @@ META = "meta.json"
 
 def default_root() -> Path:
     """The cache directory: ``$VIOMMU_IMAGE_CACHE`` or the XDG cache's ``viommu-harness/images``."""
-    override = os.environ.get("VIOMMU_IMAGE_CACHE")
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "viommu-harness" / "images"
+    return cache_dir("images", "VIOMMU_IMAGE_CACHE")
 
 
 def content_key(data: Any) -> str:

@@ -13,12 +13,12 @@ import platform
 import time
 from pathlib import Path
 
+from harness.cachedir import cache_dir
 from harness.images.arches import host_arch
 
 
 def _cache_file() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "viommu-harness" / "kvm-verdict.json"
+    return cache_dir("") / "kvm-verdict.json"
 
 
 def _host_key(arch: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cachedir import cache_dir
 from harness.errors import ConfigError, HarnessError
 from harness.qemu.argv import QEMU_BINARIES
 from harness.qemu.description import IntelIommu, Machine, SmmuV3, VfioPci
@@ -80,9 +81,8 @@ def resolve_binary(arch: str, qemu: str | None = None) -> str:
 
 def _cache_path(binary: str) -> Path:
     st = os.stat(binary)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     key = f"{binary.strip('/').replace('/', '_')}-{st.st_size}-{int(st.st_mtime)}"
-    return base / "viommu-harness" / "qemu-probe" / f"{key}.json"
+    return cache_dir("qemu-probe") / f"{key}.json"
 
 
 def probe(binary: str) -> QemuCapabilities:

@@ -113,6 +113,7 @@ def _boot(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from harness.artifacts import new_artifacts_dir
+    from harness.commands.run import report
     from harness.scenarios.runner import run_scenario
 
     real = apply_host_device(args)
@@ -128,10 +129,4 @@ def _run(args: argparse.Namespace) -> int:
         artifacts=artifacts,
         seed=args.seed,
     )
-    if args.json:
-        print(json.dumps({**verdict.to_json(), "artifacts": str(artifacts)}, indent=1, default=str))
-    else:
-        print(verdict.table())
-        print(verdict.summary())
-        print(f"artifacts: {artifacts}")
-    return 0 if verdict.passed else 1
+    return report(verdict, artifacts, args.json)

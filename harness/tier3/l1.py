@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import images
+from harness.cachedir import cache_dir as shared_cache_dir
 from harness.errors import ConfigError, HarnessError
 from harness.firmware.initrd import early_cpio
 from harness.firmware.override import IORT_SYSFS
@@ -47,11 +48,7 @@ Log = Callable[[str], None]
 
 def cache_dir() -> Path:
     """``${XDG_CACHE_HOME:-~/.cache}/viommu-harness/tier3`` (or ``$VIOMMU_TIER3_CACHE``)."""
-    override = os.environ.get("VIOMMU_TIER3_CACHE")
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "viommu-harness" / "tier3"
+    return shared_cache_dir("tier3", "VIOMMU_TIER3_CACHE")
 
 
 def _identity(path: Path) -> dict[str, Any]:

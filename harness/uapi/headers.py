@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from harness.cachedir import cache_dir
 from harness.errors import HarnessError
 
 DEFAULT_TARBALL = Path("/usr/src/linux-source-7.3.tar.xz")
@@ -96,8 +97,7 @@ class UapiHeaders:
 
 def cache_root() -> Path:
     """``${XDG_CACHE_HOME:-~/.cache}/viommu-harness/uapi-headers``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "viommu-harness" / "uapi-headers"
+    return cache_dir("uapi-headers")
 
 
 def kernel_arch(machine: str | None = None) -> str:

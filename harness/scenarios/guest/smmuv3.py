@@ -13,13 +13,13 @@ package shows up as that call's error, not as an agent that fails to start.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import time
 from typing import Any
 
 from guests.agent.server import method
+from harness.scenarios.guest._patterns import DMA_LENGTH, pattern
 
 IPA_BASE = 0x4000_0000
 BUFFER_SIZE = 4 << 20
@@ -33,7 +33,6 @@ DATA_OFFSET = 0x200000
 DATA_SLOT = 0x10000
 UNMAPPED_IPA = IPA_BASE + 0x1000_0000
 """An IPA outside the IOAS: a stage-1 mapping to it faults at stage 2."""
-DMA_LENGTH = 256
 FAULT_DMA_LENGTH = 4
 """QEMU retries a faulting DMA in 4-byte accesses, each one an event: fault with 4 bytes."""
 
@@ -53,16 +52,6 @@ def _row(name: str, expected: Any, got: Any, ok: bool | None = None, note: str =
 def _succeeded(name: str, err: int, note: str = "") -> Row:
     """A row expecting a call to succeed; ``err`` is its errno (0: it did)."""
     return _row(name, "success", os.strerror(err) if err else "success", note=note)
-
-
-def pattern(label: str, length: int = DMA_LENGTH) -> bytes:
-    """Bytes that differ for every label (so a DMA that hit the wrong page shows)."""
-    out = b""
-    counter = 0
-    while len(out) < length:
-        out += hashlib.sha256(f"{label}:{counter}".encode()).digest()
-        counter += 1
-    return out[:length]
 
 
 def stream_id(bdf: str) -> int:

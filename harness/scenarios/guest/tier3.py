@@ -10,34 +10,23 @@ host half checks those in QEMU's traces.  Nothing here knows which vIOMMU it run
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
 from guests.agent.server import method
+from harness.scenarios.guest._patterns import DMA_LENGTH, pattern
 
 PAGE = 4096
 SRC_IOVA = 0x10_0000
 DST_IOVA = 0x20_0000
 FAULT_IOVA = 0x800_0000
 """Never mapped: a DMA here faults in the guest's own (first-stage) page table."""
-DMA_LENGTH = 256
 
 Row = dict[str, Any]
 
 
 def _row(name: str, expected: Any, got: Any, note: str = "") -> Row:
     return {"name": name, "expected": expected, "got": got, "ok": expected == got, "note": note}
-
-
-def pattern(label: str, length: int = DMA_LENGTH) -> bytes:
-    """Bytes that differ per label, so a DMA into the wrong page shows."""
-    out = b""
-    counter = 0
-    while len(out) < length:
-        out += hashlib.sha256(f"{label}:{counter}".encode()).digest()
-        counter += 1
-    return out[:length]
 
 
 def _mark() -> str:
