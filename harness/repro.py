@@ -11,10 +11,10 @@ test (``harness.pytest_plugin``) writes ``repro.json`` into its artifacts direct
   ``test`` (kind ``test``): the pytest node id, root directory and options;
 - ``seed``, ``outcome`` (failed check names, error) and ``host``.
 
-``harness repro BUNDLE`` replays it.  Problems are reported in one line naming the
-field: bad JSON, a missing key, an unknown format, an unknown scenario, an invalid
-machine, a kernel/initramfs/QEMU file that no longer exists (errors: the configuration
-cannot be booted).  A file whose sha256 differs from the recorded one is a **warning**
+``harness repro BUNDLE`` replays it (``harness.replay``).  Problems are reported in one
+line naming the field: bad JSON, a missing key, an unknown format, an unknown scenario,
+an invalid machine, a kernel/initramfs/QEMU file that no longer exists (errors: the
+configuration cannot be booted).  A file whose sha256 differs from the recorded one is a **warning**
 by default, because replaying a failure against a rebuilt QEMU or kernel (with a
 candidate fix) is the common case; ``--strict`` makes it an error.
 """
@@ -27,12 +27,8 @@ import importlib
 import json
 import os
 import platform
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 from harness import __version__
 from harness.errors import ConfigError, HarnessError
 from harness.qemu.description import Machine, machine_from_dict
+from harness.scenarios import base
+from harness.scenarios.base import Prepared, Scenario, Verdict
 
 if TYPE_CHECKING:
     from harness.guest import Guest
-    from harness.scenarios.base import Scenario, Verdict
-    from harness.scenarios.runner import Prepared
 
 BUNDLE_FILE = "repro.json"
 FORMAT = "viommu-harness-repro/1"
@@ -372,8 +368,6 @@ def check_files(bundle: Bundle, *, qemu: str | None = None, strict: bool = False
 
 def resolve_scenario(bundle: Bundle) -> Scenario:
     """The bundle's scenario: from the registry, importing its recorded module if needed."""
-    from harness.scenarios import base
-
     name = bundle.scenario["name"]
     module = str(bundle.scenario.get("module") or "")
     base.load_all()
@@ -391,103 +385,3 @@ def resolve_scenario(bundle: Bundle) -> Scenario:
             f" (known: {', '.join(sorted(base.REGISTRY)) or 'none'})"
         )
     return base.REGISTRY[name]
-
-
-# -- replay ----------------------------------------------------------------------------
-
-
-def attach_text(guest: Guest) -> str:
-    """How a human attaches to a running guest."""
-    return (
-        f"guest {guest.vm.name} kept alive:\n"
-        f"  ssh:       {guest.ssh_command()}\n"
-        f"  qmp:       {guest.vm.qmp_socket}\n"
-        f"  console:   {guest.vm.console_log}\n"
-        f"  artifacts: {guest.artifacts}"
-    )
-
-
-def keep_alive(guests: Iterable[Guest], write: Callable[[str], None] = print) -> str:
-    """Print how to attach, then wait for Ctrl-C, SIGTERM or the guests' end; says which."""
-    kept = list(guests)
-    stop = threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:  # entered before the prompt: a Ctrl-C right after it must still be ours
-        for guest in kept:
-            write(attach_text(guest))
-        write("Ctrl-C tears down")
-        while not stop.wait(0.5):
-            causes = [g.vm.health().cause for g in kept]
-            if all(causes):
-                write(f"guest stopped: {causes[0]}")
-                return "stopped"
-        return "sigterm"
-    except KeyboardInterrupt:
-        return "interrupted"
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        write("tearing down")
-
-
-def replay_scenario(
-    bundle: Bundle,
-    *,
-    qemu: str | None = None,
-    keep: bool = False,
-    artifacts: Path | None = None,
-    write: Callable[[str], None] = print,
-) -> Verdict:
-    """Boot the bundle's machine and run its scenario with the recorded params and seed."""
-    from harness.artifacts import new_artifacts_dir
-    from harness.qemu.probe import probe, require_properties, resolve_binary
-    from harness.scenarios.runner import Prepared, execute
-
-    scenario = resolve_scenario(bundle)
-    record = bundle.guests[0]
-    binary = resolve_binary(record.machine.arch, qemu or record.qemu["path"])
-    require_properties(record.machine, probe(binary))
-    prepared = Prepared(
-        machine=record.machine,
-        binary=binary,
-        ready_marker=record.ready_marker,
-        image=dict(record.image),
-        viommu_options=dict(bundle.scenario.get("viommu_options") or {}),
-    )
-    artifacts = artifacts or new_artifacts_dir(f"repro-{scenario.name}-{record.machine.arch}")
-
-    def hold(guest: Guest, verdict: Verdict) -> None:
-        write(verdict.summary())
-        keep_alive([guest], write)
-
-    return execute(
-        scenario,
-        prepared,
-        dict(bundle.scenario["params"]),
-        artifacts,
-        before_teardown=hold if keep else None,
-    )
-
-
-def rerun_command(bundle: Bundle, *, keep: bool = False, qemu: str | None = None) -> list[str]:
-    """The pytest command line that re-runs a test bundle's test (``qemu`` overrides)."""
-    override = ["--qemu", qemu] if qemu else []
-    argv = [sys.executable, "-m", "pytest", bundle.test["nodeid"], *override,
-            *bundle.test["options"]]  # fmt: skip
-    if bundle.seed is not None:
-        argv += ["--seed", str(bundle.seed)]
-    if keep:
-        argv += ["--keep-on-failure", "-s"]
-    return argv
-
-
-def replay_test(bundle: Bundle, *, keep: bool = False, qemu: str | None = None) -> int:
-    """Re-run a test bundle's pytest test (same options and seed); returns pytest's status."""
-    rootdir = Path(bundle.test["rootdir"])
-    if not rootdir.is_dir():
-        raise BundleError(f"{bundle.path}: test.rootdir {rootdir} no longer exists")
-    argv = rerun_command(bundle, keep=keep, qemu=qemu)
-    print("re-running: " + " ".join(argv[1:]), flush=True)
-    return subprocess.call(argv, cwd=rootdir)

@@ -12,15 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from harness.repro import (
-    Bundle,
-    BundleError,
-    check_files,
-    read_bundle,
-    replay_scenario,
-    replay_test,
-    resolve_scenario,
-)
+from harness.replay import replay_scenario, replay_test
+from harness.repro import Bundle, BundleError, check_files, read_bundle, resolve_scenario
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from harness.artifacts import new_artifacts_dir
-from harness.commands import name_value
-from harness.scenarios.base import Verdict, get, load_all
+from harness.commands import name_value, report
+from harness.scenarios.base import get, load_all
 from harness.scenarios.runner import run_scenario
-from harness.tier3.command import add_host_device_option, apply_host_device
+from harness.tier3.passthrough import add_host_device_option, apply_host_device
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -67,14 +66,3 @@ def run(args: argparse.Namespace) -> int:
         artifacts=artifacts, viommu_options=dict(args.viommu_opt) or None, seed=args.seed,
     )  # fmt: skip
     return report(verdict, artifacts, args.json)
-
-
-def report(verdict: Verdict, artifacts: Path, as_json: bool) -> int:
-    """Print ``verdict`` (a table, or JSON with the artifacts path); its exit status."""
-    if as_json:
-        print(json.dumps({**verdict.to_json(), "artifacts": str(artifacts)}, indent=1, default=str))
-    else:
-        print(verdict.table())
-        print(verdict.summary())
-        print(f"artifacts: {artifacts}")
-    return 0 if verdict.passed else 1

@@ -59,9 +59,19 @@ OS = OsBackend()
 _REPR_LIMIT = 400
 
 
-def _short(arg: object) -> str:
-    text = describe(arg)
+def clip(text: str) -> str:
+    """``text`` cut to what an error message shows of an argument."""
     return text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT] + "...)"
+
+
+def _short(arg: object) -> str:
+    return clip(describe(arg))
+
+
+class Shown(Protocol):
+    """How a packed command reads in an error message (``harness.driver.layout.Layout``)."""
+
+    def show(self, buf: bytes | bytearray) -> str: ...
 
 
 class Closing:
@@ -94,6 +104,13 @@ class Channel:
             return self._ioctl(self.fd, request, arg)
         except OSError as exc:
             raise IoctlError(name, exc.errno or 0, _short(arg)) from None
+
+    def call_buf(self, name: str, request: int, buf: bytearray, shown: Shown) -> int:
+        """``call`` with a command packed into ``buf``; an error shows it as ``shown`` reads it."""
+        try:
+            return self._ioctl(self.fd, request, buf)
+        except OSError as exc:
+            raise IoctlError(name, exc.errno or 0, clip(shown.show(buf))) from None
 
     def read(self, name: str, count: int) -> bytes:
         try:

@@ -3,6 +3,10 @@
 ``CheckTable.errno(name, EINVAL, ioas.map, ...)`` records what ``expect_errno`` would
 assert without stopping at the first mismatch, so one run reports every row; the host
 asserts ``table["ok"]`` and prints the rows.  Rows are plain JSON-able dicts.
+
+Each row has a ``kind``: ``errno`` rows are *effect* checks (the errno the kernel
+returned, against the one a correct kernel must return), ``succeeds`` rows are *setup*
+checks (a step the story needs worked); ``add`` rows say which they are.
 """
 
 from __future__ import annotations
@@ -34,11 +38,23 @@ class CheckTable:
         self.rows: list[Row] = []
 
     def add(
-        self, name: str, expected: object, got: object, ok: bool | None = None, **extra: object
+        self,
+        name: str,
+        expected: object,
+        got: object,
+        ok: bool | None = None,
+        kind: str = "effect",
+        **extra: object,
     ) -> bool:
-        """Record one row; ``ok`` defaults to ``expected == got``."""
+        """Record one row; ``ok`` defaults to ``expected == got``; ``kind`` effect or setup."""
         passed = expected == got if ok is None else ok
-        row: Row = {"name": name, "expected": _plain(expected), "got": _plain(got), "ok": passed}
+        row: Row = {
+            "name": name,
+            "expected": _plain(expected),
+            "got": _plain(got),
+            "ok": passed,
+            "kind": kind,
+        }
         row.update({k: _plain(v) for k, v in extra.items() if v not in (None, "")})
         self.rows.append(row)
         return passed
@@ -69,9 +85,9 @@ class CheckTable:
         try:
             result = fn(*args, **kwargs)
         except IoctlError as err:
-            self.add(name, "success", err.errno_name, ioctl=err.ioctl, note=str(err))
+            self.add(name, "success", err.errno_name, kind="setup", ioctl=err.ioctl, note=str(err))
             return None
-        self.add(name, "success", "success", ioctl=operation_name(fn))
+        self.add(name, "success", "success", kind="setup", ioctl=operation_name(fn))
         return result
 
     @property

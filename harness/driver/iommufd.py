@@ -13,12 +13,14 @@ import contextlib
 import ctypes
 import mmap
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.driver.backend import Backend, Channel, open_channel
+from harness.driver.backend import Backend, Channel, clip, open_channel
 from harness.driver.errors import IoctlError, issues
+from harness.driver.layout import U32, layout
 from harness.driver.objects import (
     RANK_FAULT,
     RANK_IOAS,
@@ -33,6 +35,7 @@ from harness.driver.objects import (
     Owned,
     dev_id,
     obj_id,
+    sequence,
     teardown,
 )
 from harness.uapi import iommufd as uapi
@@ -76,6 +79,27 @@ _RLIMIT_MODE = int(uapi.IOMMU_OPTION_RLIMIT_MODE)
 _OP_GET = int(uapi.IOMMU_OPTION_OP_GET)
 _OP_SET = int(uapi.IOMMU_OPTION_OP_SET)
 _IOAS_UNMAP = int(uapi.IOMMU_IOAS_UNMAP)
+_HWPT_DATA_NONE = int(uapi.IOMMU_HWPT_DATA_NONE)
+_FAULT_ID_VALID = int(uapi.IOMMU_HWPT_FAULT_ID_VALID)
+_NEST_PARENT = int(uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+_DIRTY_TRACKING = int(uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+
+# hot paths pack their commands with ``struct`` (see harness.driver.layout)
+_HWPT_LAYOUT = layout(uapi.iommu_hwpt_alloc)
+_HWPT_FLAGS, _HWPT_DEV, _HWPT_ID = (
+    _HWPT_LAYOUT.names.index(name) for name in ("flags", "dev_id", "out_hwpt_id")
+)
+_IOMMU_HWPT_ALLOC = int(uapi.IOMMU_HWPT_ALLOC)
+_INVALIDATE_LAYOUT = layout(uapi.iommu_hwpt_invalidate)
+_INVALIDATE_NUM = _INVALIDATE_LAYOUT.offset("entry_num")
+_IOMMU_HWPT_INVALIDATE = int(uapi.IOMMU_HWPT_INVALIDATE)
+
+#: HWPT_ALLOC data and invalidation arrays given as ``bytes``, by value -> (buffer,
+#: address).  The kernel only reads both (copy_struct_from_user; of the user data only
+#: IOMMU_VIOMMU_ALLOC's is written back), so one private copy per distinct value serves
+#: every call; cleared when it grows large.
+_FROZEN_DATA: dict[bytes, tuple[Any, int]] = {}
+_FROZEN_MAX = 256
 
 #: payload bytes after each (non-LOST) vEVENT header, by vEVENTQ type
 VEVENT_PAYLOAD_SIZE = {
@@ -85,6 +109,8 @@ VEVENT_PAYLOAD_SIZE = {
 }
 
 Data = bytes | bytearray | UapiStruct
+#: invalidation entries: structs, an array of them, or packed bytes (with ``entry_len``)
+Entries = Sequence[UapiStruct] | ctypes.Array[Any] | bytes | bytearray | None
 
 
 class _UserData:
@@ -114,25 +140,48 @@ class _UserData:
         return ctypes.string_at(self.addr, self.length)
 
 
-def _pack_entries(
-    entries: Sequence[UapiStruct] | bytes | bytearray | None, entry_len: int | None
-) -> tuple[Any, int, int, int]:
-    """(keepalive, address, entry_len, count) of an invalidation array."""
+def _hwpt_data(data: Data | None, length: int | None) -> tuple[Any, int, int]:
+    """(keepalive, address, length) of user data the kernel only reads (``_FROZEN_DATA``)."""
+    if type(data) is bytes:
+        frozen = _FROZEN_DATA.get(data)
+        if frozen is None:
+            if len(_FROZEN_DATA) >= _FROZEN_MAX:
+                _FROZEN_DATA.clear()
+            buf = ctypes.create_string_buffer(data, max(len(data), 1))
+            frozen = _FROZEN_DATA[data] = (buf, ctypes.addressof(buf))
+        return frozen[0], frozen[1], len(data) if length is None else length
+    user = _UserData(data, length)
+    return user.keep, user.addr, user.length
+
+
+def _pack_entries(entries: Entries, entry_len: int | None) -> tuple[Any, int, int, int]:
+    """(keepalive, address, entry_len, count) of an invalidation array.
+
+    The kernel only reads the array, so one struct is passed where it lies (no copy).
+    """
     if entries is None:
         return None, 0, entry_len or 0, 0
-    if isinstance(entries, bytes | bytearray):
+    if isinstance(entries, (bytes, bytearray)):
         if entry_len is None:
             raise ValueError("raw invalidation bytes need an explicit entry_len")
+        count = len(entries) // entry_len if entry_len else 0
+        if type(entries) is bytes:  # immutable: one kept copy per value serves every call
+            keep, addr, _ = _hwpt_data(entries, None)
+            return keep, addr, entry_len, count
         packed = bytes(entries)
-        count = len(packed) // entry_len if entry_len else 0
+    elif isinstance(entries, ctypes.Array) and entry_len in (None, ctypes.sizeof(entries._type_)):
+        # an array of entries is contiguous already: passed where it lies
+        return entries, ctypes.addressof(entries), ctypes.sizeof(entries._type_), len(entries)
     else:
-        size = ctypes.sizeof(type(entries[0])) if entries else (entry_len or 0)
-        stride = size if entry_len is None else entry_len
-        if stride == size:
-            packed = b"".join(map(bytes, entries))
+        count = len(entries)
+        size = ctypes.sizeof(type(entries[0])) if count else (entry_len or 0)
+        if entry_len is None or entry_len == size:
+            if count == 1 and isinstance(entries[0], UapiStruct):
+                return entries[0], ctypes.addressof(entries[0]), size, 1
+            packed = b"".join(entries)  # each struct's buffer, as bytes() would give it
         else:
-            packed = b"".join(bytes(e)[:stride].ljust(stride, b"\0") for e in entries)
-        entry_len, count = stride, len(entries)
+            packed = b"".join(bytes(e)[:entry_len].ljust(entry_len, b"\0") for e in entries)
+        entry_len = size if entry_len is None else entry_len
     keep = ctypes.create_string_buffer(packed, max(len(packed), 1))
     return keep, ctypes.addressof(keep), entry_len, count
 
@@ -141,7 +190,7 @@ def invalidate(
     ictx: IommuFD,
     target: int | HasId,
     data_type: int,
-    entries: Sequence[UapiStruct] | bytes | bytearray | None,
+    entries: Entries,
     *,
     entry_len: int | None = None,
     entry_num: int | None = None,
@@ -150,19 +199,43 @@ def invalidate(
 
     On failure the ``IoctlError`` carries ``entries_done`` (the kernel's ``entry_num``).
     """
-    keep, addr, elen, count = _pack_entries(entries, entry_len)
+    return _invalidate(ictx.chan, target, data_type, entries, entry_len, entry_num)
+
+
+def _invalidate(
+    chan: Channel,
+    target: int | HasId,
+    data_type: int,
+    entries: Entries,
+    entry_len: int | None,
+    entry_num: int | None,
+) -> int:
+    if entry_len is None and type(entries) is list and len(entries) == 1:
+        keep = entries[0]  # one struct, where it lies: the kernel only reads the array
+        addr, elen, count = ctypes.addressof(keep), ctypes.sizeof(type(keep)), 1
+    else:
+        keep, addr, elen, count = _pack_entries(entries, entry_len)
     num = count if entry_num is None else entry_num
-    cmd = uapi.iommu_hwpt_invalidate(_INVALIDATE, obj_id(target), addr, data_type, elen, num, 0)
+    target_id = target if isinstance(target, int) else target.id
     try:
-        ictx.chan.call("IOMMU_HWPT_INVALIDATE", uapi.IOMMU_HWPT_INVALIDATE, cmd)
+        cmd = bytearray(
+            _INVALIDATE_LAYOUT.pack(_INVALIDATE, target_id, addr, data_type, elen, num, 0)
+        )
+    except struct.error:  # out-of-range values (negative tests): wrap them as C does
+        cmd = bytearray(
+            uapi.iommu_hwpt_invalidate(_INVALIDATE, target_id, addr, data_type, elen, num, 0)
+        )
+    try:
+        chan.call_buf("IOMMU_HWPT_INVALIDATE", _IOMMU_HWPT_INVALIDATE, cmd, _INVALIDATE_LAYOUT)
     except IoctlError as err:
-        err.entries_done = int(cmd.entry_num)
-        cmd.entry_num = num
-        err.args_repr = repr(cmd)
+        err.entries_done = U32.unpack_from(cmd, _INVALIDATE_NUM)[0]
+        shown = uapi.iommu_hwpt_invalidate.from_buffer(cmd)
+        shown.entry_num = num
+        err.args_repr = repr(shown)
         raise
-    finally:
-        del keep
-    return int(cmd.entry_num)
+    del keep  # alive until the kernel has read the array
+    done: int = U32.unpack_from(cmd, _INVALIDATE_NUM)[0]
+    return done
 
 
 invalidate.ioctl_name = "IOMMU_HWPT_INVALIDATE"  # type: ignore[attr-defined]
@@ -247,7 +320,8 @@ class IommuFD:
     def __init__(self, path: str = IOMMUFD_PATH, *, backend: Backend | None = None) -> None:
         self.path = path
         self.chan: Channel = open_channel(path, os.O_RDWR | os.O_CLOEXEC, backend, "iommufd")
-        self._owned: dict[int, Owned] = {}
+        #: live objects by creation sequence (``Owner.owned``)
+        self.owned: dict[int, Owned] = {}
         self.teardown_errors: list[str] = []
 
     @property
@@ -257,13 +331,7 @@ class IommuFD:
     @property
     def objects(self) -> list[Owned]:
         """Objects still alive, oldest first."""
-        return sorted(self._owned.values(), key=lambda o: o.seq)
-
-    def _adopt(self, obj: Owned) -> None:
-        self._owned[obj.seq] = obj
-
-    def _disown(self, obj: Owned) -> None:
-        self._owned.pop(obj.seq, None)
+        return sorted(self.owned.values(), key=lambda o: o.seq)
 
     def call(self, name: str, request: int, arg: Any) -> int:
         """Issue any ioctl on this fd (``arg`` a struct, a writable buffer or an int)."""
@@ -373,22 +441,63 @@ class IommuFD:
 
         ``fault`` attaches a fault queue (and sets IOMMU_HWPT_FAULT_ID_VALID).
         """
-        user = _UserData(data, data_len)
+        hwpt_id, dev_no, flags = self._alloc_hwpt(dev, pt, flags, data_type, data, data_len, fault)
+        if isinstance(pt, _NestingParent) or (isinstance(pt, int) and data_type != _HWPT_DATA_NONE):
+            return NestedHwpt(self, hwpt_id, parent=pt, dev=dev_no, flags=flags)
+        return PagingHwpt(self, hwpt_id, ioas=pt, dev=dev_no, flags=flags)
+
+    def _alloc_hwpt(
+        self,
+        dev: int | HasDevId,
+        pt: int | HasId,
+        flags: int,
+        data_type: int,
+        data: Data | None,
+        data_len: int | None,
+        fault: int | HasId | None,
+    ) -> tuple[int, int, int]:
+        """IOMMU_HWPT_ALLOC itself: (the new HWPT's ID, the device ID, the flags sent)."""
+        cmd, keep = self._hwpt_command(dev, pt, flags, data_type, data, data_len, fault)
+        self.chan.call_buf("IOMMU_HWPT_ALLOC", _IOMMU_HWPT_ALLOC, cmd, _HWPT_LAYOUT)
+        del keep  # alive until the kernel has copied the data
+        sent = _HWPT_LAYOUT.unpack_from(cmd)
+        return sent[_HWPT_ID], sent[_HWPT_DEV], sent[_HWPT_FLAGS]
+
+    def _hwpt_command(
+        self,
+        dev: int | HasDevId,
+        pt: int | HasId,
+        flags: int,
+        data_type: int,
+        data: Data | None,
+        data_len: int | None,
+        fault: int | HasId | None,
+    ) -> tuple[bytearray, Any]:
+        """The IOMMU_HWPT_ALLOC command, and what keeps its user data alive."""
+        if type(data) is bytes and data_len is None and (frozen := _FROZEN_DATA.get(data)):
+            keep, addr = frozen  # the common case, without a call
+            length = len(data)
+        else:
+            keep, addr, length = _hwpt_data(data, data_len)
         fault_id = 0
         if fault is not None:
-            flags |= uapi.IOMMU_HWPT_FAULT_ID_VALID
-            fault_id = obj_id(fault)
-        cmd = uapi.iommu_hwpt_alloc(
-            _HWPT_ALLOC, flags, dev_id(dev), obj_id(pt), 0, 0, data_type, user.length,
-            user.addr, fault_id, 0,
-        )  # fmt: skip
-        self.chan.call("IOMMU_HWPT_ALLOC", uapi.IOMMU_HWPT_ALLOC, cmd)
-        hwpt_id = int(cmd.out_hwpt_id)
-        if isinstance(pt, PagingHwpt | VIOMMU) or (
-            isinstance(pt, int) and data_type != uapi.IOMMU_HWPT_DATA_NONE
-        ):
-            return NestedHwpt(self, hwpt_id, parent=pt, dev=dev_id(dev), flags=flags)
-        return PagingHwpt(self, hwpt_id, ioas=pt, dev=dev_id(dev), flags=flags)
+            flags |= _FAULT_ID_VALID
+            fault_id = fault if isinstance(fault, int) else fault.id
+        dev_no = dev if isinstance(dev, int) else dev.dev_id
+        pt_id = pt if isinstance(pt, int) else pt.id
+        try:
+            cmd = bytearray(
+                _HWPT_LAYOUT.pack(
+                    _HWPT_ALLOC, flags, dev_no, pt_id, 0, 0, data_type, length, addr, fault_id, 0
+                )
+            )
+        except struct.error:  # out-of-range values (negative tests): wrap them as C does
+            cmd = bytearray(
+                uapi.iommu_hwpt_alloc(
+                    _HWPT_ALLOC, flags, dev_no, pt_id, 0, 0, data_type, length, addr, fault_id, 0
+                )
+            )
+        return cmd, keep
 
     @issues("IOMMU_VIOMMU_ALLOC")
     def viommu(
@@ -423,9 +532,9 @@ class IommuFD:
         if self.chan.fd < 0:
             return
         if not destroy:
-            for obj in list(self._owned.values()):
+            for obj in list(self.owned.values()):
                 obj.forget()
-        errors = teardown(list(self._owned.values()))
+        errors = teardown(list(self.owned.values()))
         self.chan.close()
         self.teardown_errors.extend(f"{what}: {err}" for what, err in errors)
         if errors:
@@ -442,7 +551,7 @@ class IommuFD:
             self.close()
 
     def __repr__(self) -> str:
-        return f"IommuFD(fd={self.chan.fd}, objects={len(self._owned)})"
+        return f"IommuFD(fd={self.chan.fd}, objects={len(self.owned)})"
 
 
 class TeardownError(IoctlError):
@@ -462,12 +571,21 @@ class TeardownError(IoctlError):
 
 
 class _Invalidatable(IommufdObject):
-    """An object IOMMU_HWPT_INVALIDATE accepts: a nested HWPT or a vIOMMU."""
+    """An object IOMMU_HWPT_INVALIDATE accepts: a nested HWPT or a vIOMMU.
+
+    One entry is passed where it lies (the kernel only reads the array), and the command
+    for it is kept and reused while the same struct and type come back (the fast path,
+    like ``IOAS.map``: an object to invalidate is not for concurrent threads).
+    """
+
+    ictx: IommuFD
+    #: (entry, data_type, command) of the last one-entry invalidation
+    _last: tuple[UapiStruct, int, uapi.iommu_hwpt_invalidate] | None = None
 
     @issues("IOMMU_HWPT_INVALIDATE")
     def invalidate(
         self,
-        entries: Sequence[UapiStruct] | bytes | bytearray | None,
+        entries: Entries,
         data_type: int,
         *,
         entry_len: int | None = None,
@@ -477,13 +595,53 @@ class _Invalidatable(IommufdObject):
 
         Returns the number of entries the kernel handled (see ``invalidate``).
         """
-        return invalidate(
-            self.ictx, self, data_type, entries, entry_len=entry_len, entry_num=entry_num
-        )
+        if entry_len is None and entry_num is None and type(entries) is list and len(entries) == 1:
+            last = self._last
+            if last is None or last[0] is not entries[0] or last[1] != data_type:
+                last = self._last = _one_entry(self.id, entries[0], data_type)
+            cmd = last[2]
+            chan = self.ictx.chan
+            try:
+                chan._ioctl(chan.fd, _IOMMU_HWPT_INVALIDATE, cmd)
+            except OSError as exc:
+                raise _refused(cmd, exc.errno or 0, 1) from None
+            done: int = cmd.entry_num
+            if done != 1:  # a partial success: the next call builds its command afresh
+                self._last = None
+            return done
+        return _invalidate(self.ictx.chan, self.id, data_type, entries, entry_len, entry_num)
+
+
+def _one_entry(
+    target_id: int, entry: UapiStruct, data_type: int
+) -> tuple[UapiStruct, int, uapi.iommu_hwpt_invalidate]:
+    cmd = uapi.iommu_hwpt_invalidate(
+        _INVALIDATE, target_id, ctypes.addressof(entry), data_type, ctypes.sizeof(entry), 1, 0
+    )
+    return entry, data_type, cmd
+
+
+def _refused(cmd: uapi.iommu_hwpt_invalidate, err: int, num: int) -> IoctlError:
+    """The IoctlError of a refused invalidation: entries done, the command as it was sent."""
+    error = IoctlError("IOMMU_HWPT_INVALIDATE", err)
+    error.entries_done = int(cmd.entry_num)
+    cmd.entry_num = num
+    error.args_repr = repr(cmd)
+    return error
 
 
 class _NestingParent(IommufdObject):
-    """What nested HWPTs are allocated over: a nest-parent paging HWPT or a vIOMMU."""
+    """What nested HWPTs are allocated over: a nest-parent paging HWPT or a vIOMMU.
+
+    ``nested`` keeps its last command and sends it again for the same arguments (the fast
+    path, like ``IOAS.map``: a parent is not for concurrent threads).
+    """
+
+    ictx: IommuFD
+    #: (dev, data_type, data, flags, command, what keeps its data) of the last ``nested``
+    _last_nested: (
+        tuple[int | HasDevId, int, Data | None, int, uapi.iommu_hwpt_alloc, Any] | None
+    ) = None
 
     @issues("IOMMU_HWPT_ALLOC")
     def nested(
@@ -497,15 +655,42 @@ class _NestingParent(IommufdObject):
         fault: int | HasId | None = None,
     ) -> NestedHwpt:
         """IOMMU_HWPT_ALLOC of a nested (user-managed stage-1) HWPT with this as ``pt_id``."""
-        hwpt = self.ictx.hwpt_alloc(
-            dev, self, flags=flags, data_type=data_type, data=data, data_len=data_len, fault=fault
+        ictx = self.ictx
+        last = self._last_nested
+        if (
+            last is not None
+            and last[0] is dev
+            and last[1] == data_type
+            and last[2] is data
+            and last[3] == flags
+            and data_len is None
+            and fault is None
+        ):  # the same allocation again: the command as built last time
+            cmd = last[4]
+            chan = ictx.chan
+            try:
+                chan._ioctl(chan.fd, _IOMMU_HWPT_ALLOC, cmd)
+            except OSError as exc:
+                raise IoctlError("IOMMU_HWPT_ALLOC", exc.errno or 0, clip(repr(cmd))) from None
+            return NestedHwpt(ictx, cmd.out_hwpt_id, parent=self, dev=cmd.dev_id, flags=flags)
+        buf, keep = ictx._hwpt_command(dev, self, flags, data_type, data, data_len, fault)
+        ictx.chan.call_buf("IOMMU_HWPT_ALLOC", _IOMMU_HWPT_ALLOC, buf, _HWPT_LAYOUT)
+        sent = _HWPT_LAYOUT.unpack_from(buf)
+        if fault is None and data_len is None and (data is None or type(data) is bytes
+                                                   or isinstance(data, UapiStruct)):  # fmt: skip
+            # what the command points at stays as it is (bytes: an immutable copy, kept
+            # here) or is read where it lies (a struct): the command can be sent again
+            cmd = uapi.iommu_hwpt_alloc.from_buffer(buf)
+            self._last_nested = (dev, data_type, data, flags, cmd, keep)
+        return NestedHwpt(
+            ictx, sent[_HWPT_ID], parent=self, dev=sent[_HWPT_DEV], flags=sent[_HWPT_FLAGS]
         )
-        assert isinstance(hwpt, NestedHwpt)
-        return hwpt
 
 
 class IOAS(IommufdObject):
     """An IO address space: user memory mapped at IOVAs."""
+
+    ictx: IommuFD
 
     rank = RANK_IOAS
     kind = "IOAS"
@@ -655,12 +840,12 @@ class IOAS(IommufdObject):
     ) -> PagingHwpt:
         """A paging HWPT holding this IOAS's mappings (optionally a nest parent)."""
         if nest_parent:
-            flags |= uapi.IOMMU_HWPT_ALLOC_NEST_PARENT
+            flags |= _NEST_PARENT
         if dirty_tracking:
-            flags |= uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
-        hwpt = self.ictx.hwpt_alloc(dev, self, flags=flags, data_type=data_type, data=data)
-        assert isinstance(hwpt, PagingHwpt)
-        return hwpt
+            flags |= _DIRTY_TRACKING
+        ictx = self.ictx
+        hwpt_id, dev_no, flags = ictx._alloc_hwpt(dev, self, flags, data_type, data, None, None)
+        return PagingHwpt(ictx, hwpt_id, ioas=self, dev=dev_no, flags=flags)
 
 
 class Hwpt(IommufdObject):
@@ -669,9 +854,11 @@ class Hwpt(IommufdObject):
     kind = "HWPT"
 
     def __init__(self, ictx: IommuFD, hwpt_id: int, *, dev: int, flags: int) -> None:
-        super().__init__(ictx, hwpt_id)
+        # IommufdObject.__init__ (id, then Owned's registration), without the super() chain
+        self.id = hwpt_id
         self.dev_id = dev
         self.flags = flags
+        Owned.__init__(self, ictx)
 
 
 class PagingHwpt(Hwpt, _NestingParent):
@@ -683,8 +870,12 @@ class PagingHwpt(Hwpt, _NestingParent):
     def __init__(
         self, ictx: IommuFD, hwpt_id: int, *, ioas: int | HasId, dev: int, flags: int
     ) -> None:
-        super().__init__(ictx, hwpt_id, dev=dev, flags=flags)
+        # Hwpt.__init__, without its frame: allocation is a hot path
+        self.id = hwpt_id
+        self.dev_id = dev
+        self.flags = flags
         self.ioas = ioas
+        Owned.__init__(self, ictx)
 
     @property
     def nest_parent(self) -> bool:
@@ -723,8 +914,15 @@ class NestedHwpt(Hwpt, _Invalidatable):
     def __init__(
         self, ictx: IommuFD, hwpt_id: int, *, parent: int | HasId, dev: int, flags: int
     ) -> None:
-        super().__init__(ictx, hwpt_id, dev=dev, flags=flags)
+        # Hwpt.__init__ and Owned.__init__, without their frames: allocation is a hot path
+        self.id = hwpt_id
+        self.dev_id = dev
+        self.flags = flags
         self.parent = parent
+        self.ictx = ictx
+        self.seq = seq = next(sequence)
+        self.alive = True
+        ictx.owned[seq] = self
 
 
 class VIOMMU(_Invalidatable, _NestingParent):

@@ -9,17 +9,15 @@ paging HWPTs, fault queues, and IOASes last — and then closes the fd.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, Protocol, Self
+from typing import ClassVar, Protocol, Self
 
+from harness.driver.backend import Channel
 from harness.driver.errors import IoctlError, issues
+from harness.driver.layout import layout
 from harness.errors import HarnessError
 from harness.uapi import iommufd as uapi
-
-if TYPE_CHECKING:
-    from harness.driver.iommufd import IommuFD
 
 RANK_QUEUE = 0
 RANK_VDEVICE = 1
@@ -30,8 +28,11 @@ RANK_PAGING = 5
 RANK_FAULT = 6
 RANK_IOAS = 7
 
-_DESTROY_SIZE = ctypes.sizeof(uapi.iommu_destroy)
-_sequence = itertools.count()
+_DESTROY = layout(uapi.iommu_destroy)
+_DESTROY_SIZE = _DESTROY.size
+_IOMMU_DESTROY = int(uapi.IOMMU_DESTROY)
+#: creation order of owned objects (teardown breaks rank ties newest first)
+sequence = itertools.count()
 
 
 class HasId(Protocol):
@@ -46,6 +47,18 @@ class HasDevId(Protocol):
 
     @property
     def dev_id(self) -> int: ...
+
+
+class Owner(Protocol):
+    """What owned objects need of their ``IommuFD``: its channel and its bookkeeping.
+
+    ``owned`` maps each live object's ``seq`` to it (objects add and remove themselves:
+    a dict operation, not a method call, on every allocation and free).
+    """
+
+    chan: Channel
+    teardown_errors: list[str]
+    owned: dict[int, Owned]
 
 
 def obj_id(obj: int | HasId) -> int:
@@ -64,11 +77,11 @@ class Owned:
     rank: ClassVar[int] = RANK_DEVICE
     kind: ClassVar[str] = "object"
 
-    def __init__(self, ictx: IommuFD) -> None:
+    def __init__(self, ictx: Owner) -> None:
         self.ictx = ictx
-        self.seq = next(_sequence)
+        self.seq = seq = next(sequence)
         self.alive = True
-        ictx._adopt(self)
+        ictx.owned[seq] = self
 
     def _release(self) -> None:
         """Free the kernel side (subclasses); called once by ``close``."""
@@ -77,12 +90,13 @@ class Owned:
         """Free the kernel object if still alive; raises ``IoctlError`` if the kernel refuses."""
         if self.alive:
             self._release()
-            self.forget()
+            self.alive = False  # forget(), inline: close is on every object's hot path
+            self.ictx.owned.pop(self.seq, None)
 
     def forget(self) -> None:
         """Stop tracking without a syscall (the kernel already freed it, e.g. a tombstone)."""
         self.alive = False
-        self.ictx._disown(self)
+        self.ictx.owned.pop(self.seq, None)
 
     def __enter__(self) -> Self:
         return self
@@ -105,7 +119,7 @@ class Owned:
 class IommufdObject(Owned):
     """An object with an iommufd ID, destroyed by IOMMU_DESTROY."""
 
-    def __init__(self, ictx: IommuFD, object_id: int) -> None:
+    def __init__(self, ictx: Owner, object_id: int) -> None:
         self.id = object_id
         super().__init__(ictx)
 
@@ -116,9 +130,12 @@ class IommufdObject(Owned):
         self.forget()
 
     def _release(self) -> None:
-        self.ictx.chan.call(
-            "IOMMU_DESTROY", uapi.IOMMU_DESTROY, uapi.iommu_destroy(_DESTROY_SIZE, self.id)
-        )
+        cmd = bytearray(_DESTROY.pack(_DESTROY_SIZE, self.id))
+        chan = self.ictx.chan
+        try:  # Channel.call_buf, inline: every object's close passes here
+            chan._ioctl(chan.fd, _IOMMU_DESTROY, cmd)
+        except OSError as exc:
+            raise IoctlError("IOMMU_DESTROY", exc.errno or 0, _DESTROY.show(cmd)) from None
 
     def __repr__(self) -> str:
         state = "" if self.alive else ", closed"

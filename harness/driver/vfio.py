@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from harness.driver.backend import Backend, Channel, Closing, open_channel
-from harness.driver.errors import issues
+from harness.driver.errors import IoctlError, errno_name, issues
 from harness.driver.iommufd import IommuFD
 from harness.driver.objects import RANK_DEVICE, HasId, Owned, obj_id
 from harness.uapi import vfio as uapi
@@ -387,3 +387,26 @@ class VfioGroup(Closing):
 def _size_of(cmd: Any) -> int:
     """A struct's ``size`` field (shadowing ``UapiStruct.size()`` for type checkers)."""
     return int(getattr(cmd, "size"))  # noqa: B009
+
+
+def iommu_info(cdev: str) -> dict[str, Any]:
+    """IOMMU_GET_HW_INFO for a vfio cdev, and whether a nest parent allocates (errno name).
+
+    What tier 3 asks of the IOMMU behind a device, on a real host or in L1; raises
+    ``IoctlError`` when the device does not open, bind or answer GET_HW_INFO.
+    """
+    with VfioDevice(cdev) as dev, IommuFD() as ictx:
+        dev_id = dev.bind(ictx)
+        info = ictx.hw_info(dev_id)
+        ioas = ictx.ioas()
+        try:
+            ioas.paging_hwpt(dev_id, nest_parent=True)
+            nest_parent = "OK"
+        except IoctlError as exc:
+            nest_parent = errno_name(exc.errno or 0)
+        return {
+            "data_type": int(info.data_type),
+            "data": bytes(info.data),
+            "capabilities": int(info.capabilities),
+            "nest_parent": nest_parent,
+        }

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.host import host_arch
 
 READY_MARKER = "VIOMMU-HARNESS-READY"
 """Line the guest's init prints on the console once sshd listens (guests/init/init)."""
@@ -46,12 +46,6 @@ class ArchSpec:
             "cross_compile": self.cross_compile,
             "image_target": self.image_target,
         }
-
-
-def host_arch() -> str:
-    """This machine's architecture in the harness's naming (``x86_64``, ``arm64``)."""
-    machine = platform.machine()
-    return {"amd64": "x86_64", "aarch64": "arm64"}.get(machine, machine)
 
 
 ARCHES: dict[str, ArchSpec] = {

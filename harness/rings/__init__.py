@@ -7,7 +7,7 @@
 - :mod:`~harness.rings.vtd_queues`: VT-d fault-recording registers and page request queue
 """
 
-from harness.rings.expect import ExpectedFault, FaultView, match_expected
+from harness.rings.expect import ExpectedFault, FaultView, Match, match_expected
 from harness.rings.iommufd_fault import FaultQueueChecker, check_fault_queue
 from harness.rings.legacy_region import (
     FAULT_RING,
@@ -19,7 +19,7 @@ from harness.rings.legacy_region import (
 )
 from harness.rings.payloads import DecoderCheck, PayloadCheck, SmmuEventCheck
 from harness.rings.smmu_evtq import SmmuEventQueue, check_smmu_evtq
-from harness.rings.verdict import Malformed, Match, RingVerdict
+from harness.rings.verdict import Malformed, RingVerdict
 from harness.rings.veventq import VEvent, VEventQChecker, check_veventq, parse_veventq
 from harness.rings.vtd_queues import (
     VtdFaultRecorder,

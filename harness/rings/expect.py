@@ -6,8 +6,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from harness.rings.verdict import Match
-
 IntSpec = int | range | Callable[[int], bool] | None
 """An exact value, a ``range`` the value must lie in, a predicate, or ``None`` (any)."""
 
@@ -87,6 +85,14 @@ def _show(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int):
         return repr(value)
     return hex(value)
+
+
+@dataclass(frozen=True)
+class Match:
+    """Expected fault ``expected_index`` was matched by the record at ``position``."""
+
+    expected_index: int
+    position: int
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from harness.rings.expect import ExpectedFault
+from harness.rings.expect import ExpectedFault, Match
 
 GroupKey = int | tuple[int | None, ...]
 """Identifies a page-request group: a cookie (iommufd) or a (sid/pasid, grpid) tuple."""
@@ -24,14 +22,6 @@ class Malformed:
     def __str__(self) -> str:
         where = "header" if self.position is None else f"#{self.position}"
         return f"{where}: {self.error}"
-
-
-@dataclass(frozen=True)
-class Match:
-    """Expected fault ``expected_index`` was matched by the record at ``position``."""
-
-    expected_index: int
-    position: int
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@
   with first-stage translation) and the machines built from them.
 - ``l1`` / ``l2``: the simulation, an L2 QEMU inside an L1 guest, reached through L1
   (``forward``) with the same machine, QMP, trace and agent APIs as a local guest.
-- ``command``: ``harness tier3 check|boot|run``.
-
-The scenarios are in ``harness.scenarios.tier3``.
+The scenarios are in ``harness.scenarios.tier3``, the command line (``harness tier3
+check|boot|run``) in ``harness.commands.tier3``.
 """

@@ -17,6 +17,8 @@ say yet.  ``l2_machine`` is the L2 guest of the simulated tier 3 (files inside L
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +28,10 @@ from typing import Any
 from harness.errors import ConfigError
 from harness.profiles import guest_machine
 from harness.qemu.description import Machine, UserNic
+
+#: where ``--host-device`` (``harness run``, ``harness tier3``) leaves the
+#: BDF for the ``tier3-passthrough`` prepare hook
+HOST_DEVICE_ENV = "VIOMMU_HOST_DEVICE"
 
 _BDF = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 _VALUE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -57,6 +63,28 @@ def full_bdf(bdf: str) -> str:
     if not _BDF.match(full):
         raise ConfigError(f"host device {bdf!r}: not a PCI address [DDDD:]BB:DD.F")
     return full.lower()
+
+
+def add_host_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--host-device BDF``: the host PCI device tier 3 passes through (bound to vfio-pci)."""
+    parser.add_argument(
+        "--host-device",
+        metavar="BDF",
+        help="tier 3: a host PCI device for passthrough (e.g. 0000:01:00.0, bound to vfio-pci)",
+    )
+
+
+def apply_host_device(args: argparse.Namespace) -> str | None:
+    """Export ``--host-device`` for the tier-3 prepare hook; the normalised BDF or None.
+
+    Raises ``ConfigError`` for a value that is not a PCI address.
+    """
+    bdf = getattr(args, "host_device", None)
+    if not bdf:
+        return None
+    full = full_bdf(bdf)
+    os.environ[HOST_DEVICE_ENV] = full
+    return full
 
 
 def _props(values: Mapping[str, Any]) -> str:

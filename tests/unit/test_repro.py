@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness import repro
+from harness import replay, repro
 from harness.cli import main
 from harness.profiles import make_devices, make_viommu
 from harness.qemu.description import Machine
@@ -244,8 +244,14 @@ class FakeGuest:
         pass
 
     def call(self, method: str, **params: Any) -> Any:
-        assert method == "system.info"
-        return {"kernel": "7.3.4-viommu-harness"}
+        """The agent methods a run calls around the scenario: identity and a clean log."""
+        answers = {
+            "system.info": {"kernel": "7.3.4-viommu-harness"},
+            "system.dmesg_mark": "viommu-harness-mark-0",
+            "system.dmesg": "[    1.0] edu: nothing to report\n",
+        }
+        assert method in answers, method
+        return answers[method]
 
 
 @pytest.fixture
@@ -307,7 +313,7 @@ def test_replay_boots_the_recorded_machine_with_the_recorded_params(
     monkeypatch.setattr(probe, "probe", lambda binary: SimpleNamespace(version_text="10.0.2"))
     monkeypatch.setattr(probe, "require_properties", lambda machine, caps: None)
     bundle = repro.read_bundle(bundle_path)
-    verdict = repro.replay_scenario(bundle, artifacts=tmp_path / "replay")
+    verdict = replay.replay_scenario(bundle, artifacts=tmp_path / "replay")
     (guest,) = fake_guest.booted
     assert guest.vm.machine == prepared.machine
     assert guest.kwargs["qemu"] == prepared.binary
@@ -375,7 +381,7 @@ def test_test_bundle_reruns_through_pytest(tmp_path: Path, prepared: runner.Prep
         error="AssertionError",
     )
     bundle = repro.read_bundle(repro.write_bundle(data, tmp_path))
-    argv = repro.rerun_command(bundle, keep=True, qemu="/q")
+    argv = replay.rerun_command(bundle, keep=True, qemu="/q")
     assert argv[1:] == [
         "-m", "pytest", "tests/vm/test_x.py::test_y", "--qemu", "/q", "--accel", "tcg",
         "--seed", "12", "--keep-on-failure", "-s",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.rings.expect import ExpectedFault, FaultView, match_expected
+from harness.rings.expect import ExpectedFault, FaultView, Match, match_expected
 from harness.rings.groups import GroupTracker
-from harness.rings.verdict import Malformed, Match, RingVerdict
+from harness.rings.verdict import Malformed, RingVerdict
 
 pytestmark = pytest.mark.tier0
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from harness.commands import tier3 as command
 from harness.errors import ConfigError, EncodeError
 from harness.firmware.iort import build_iort, parse_iort
 from harness.qemu.argv import RunEndpoints, build_argv
@@ -21,7 +22,7 @@ from harness.qemu.trace import TraceRecord, TraceWindow
 from harness.qemu.trace import parse_trace_line as parse_line
 from harness.scenarios.base import Verdict, get, load_all
 from harness.smmuv3 import predict_idrs
-from harness.tier3 import command, hostcheck, rmr
+from harness.tier3 import hostcheck, rmr
 from harness.tier3.forward import ChannelForward, LogMirror, unix_bridge_command
 from harness.tier3.l1 import Payload, l1_machine, l2_iort_key, payload_args, payload_disk
 from harness.tier3.l2 import startup_trace_args
@@ -639,7 +640,8 @@ def test_check_startup_needs_the_viommu_and_both_hwpts() -> None:
 
 def test_prepare_passthrough_refuses_without_a_host_device(monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.qemu.probe import MissingCapabilityError
-    from harness.scenarios.runner import PREPARE_HOOKS, Prepared
+    from harness.scenarios.base import Prepared
+    from harness.scenarios.runner import PREPARE_HOOKS
 
     monkeypatch.delenv(command.HOST_DEVICE_ENV, raising=False)
     machine = passthrough_machine(_Image("x86_64"), VtdFirstStage((BDF,)))

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from harness.images.arches import host_arch
+from harness.host import host_arch
 from harness.scenarios.tier3 import KVM_REFUSAL, VTD_REFUSAL
 from harness.tier3 import hostcheck
-from harness.tier3.command import HOST_DEVICE_ENV
+from harness.tier3.passthrough import HOST_DEVICE_ENV
 
 pytestmark = [pytest.mark.tier3, pytest.mark.slow]
 

@@ -5,8 +5,8 @@ payload disk that carries L2's kernel, initramfs and firmware, makes a private r
 directory, and reports what the host-side checks need (``/dev/kvm``, ``/dev/iommu``,
 the IOMMU's GET_HW_INFO).  L2's QEMU itself runs on an SSH exec channel that the host
 opens (``harness.tier3.l2``), so its exit status and stderr reach the host directly;
-the functions here look after it by PID.  ``iommu_info`` is also what the real-host
-path calls on the host itself (``harness.tier3.hostcheck``).
+the functions here look after it by PID.  ``hw_info`` is ``harness.driver.vfio.iommu_info``,
+which the real-host path calls on the host itself (``harness.tier3.hostcheck``).
 """
 
 from __future__ import annotations
@@ -23,31 +23,11 @@ RUN_ROOT = "/run/tier3"
 PAYLOAD_MOUNT = "/run/tier3-payload"
 
 
-def iommu_info(cdev: str) -> dict[str, Any]:
-    """IOMMU_GET_HW_INFO for a vfio cdev, and whether a nest parent allocates (errno name)."""
-    from harness.driver import IommuFD, VfioDevice, errno_name
-    from harness.driver.errors import IoctlError
-
-    with VfioDevice(cdev) as dev, IommuFD() as ictx:
-        dev_id = dev.bind(ictx)
-        info = ictx.hw_info(dev_id)
-        ioas = ictx.ioas()
-        try:
-            ioas.paging_hwpt(dev_id, nest_parent=True)
-            nest_parent = "OK"
-        except IoctlError as exc:
-            nest_parent = errno_name(exc.errno or 0)
-        return {
-            "data_type": int(info.data_type),
-            "data": bytes(info.data),
-            "capabilities": int(info.capabilities),
-            "nest_parent": nest_parent,
-        }
-
-
 @method
 def hw_info(cdev: str) -> dict[str, Any]:
     """``iommu_info`` of L1's IOMMU for the device L2 gets (L1 is L2's host)."""
+    from harness.driver.vfio import iommu_info
+
     return iommu_info(cdev)
 
 

@@ -6,43 +6,24 @@
 - ``run [--host-device BDF] [--arch A]``: ``tier3-passthrough`` on a real host; without a
   host device, the simulated scenario of the arch (``tier3-l2-smmuv3`` / ``tier3-l2-vtd``).
 
-``add_host_device_option`` / ``apply_host_device`` give ``harness run`` and ``harness boot``
-the same ``--host-device`` option (it sets ``VIOMMU_HOST_DEVICE``, which the
-``tier3-passthrough`` prepare hook reads).
+``--host-device`` is the same option as ``harness run``'s
+(``harness.tier3.passthrough.add_host_device_option``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
+from harness.commands import report
 from harness.errors import ConfigError
+from harness.host import host_arch
+from harness.tier3.passthrough import HOST_DEVICE_ENV, add_host_device_option, apply_host_device
 
-HOST_DEVICE_ENV = "VIOMMU_HOST_DEVICE"
+__all__ = ["HOST_DEVICE_ENV", "SIMULATED", "apply_host_device", "configure", "run"]
+
 SIMULATED = {"arm64": "tier3-l2-smmuv3", "x86_64": "tier3-l2-vtd"}
-
-
-def add_host_device_option(parser: argparse.ArgumentParser) -> None:
-    """``--host-device BDF``: the host PCI device tier 3 passes through (bound to vfio-pci)."""
-    parser.add_argument(
-        "--host-device",
-        metavar="BDF",
-        help="tier 3: a host PCI device for passthrough (e.g. 0000:01:00.0, bound to vfio-pci)",
-    )
-
-
-def apply_host_device(args: argparse.Namespace) -> str | None:
-    """Export ``--host-device`` for the tier-3 prepare hook; the normalised BDF or None."""
-    from harness.tier3.passthrough import full_bdf
-
-    bdf = getattr(args, "host_device", None)
-    if not bdf:
-        return None
-    full = full_bdf(bdf)
-    os.environ[HOST_DEVICE_ENV] = full
-    return full
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -73,21 +54,19 @@ def run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from harness.tier3.hostcheck import check_host
 
-    report = check_host(apply_host_device(args))
+    result = check_host(apply_host_device(args))
     if args.json:
-        print(json.dumps(report.to_json(), indent=1, default=str))
+        print(json.dumps(result.to_json(), indent=1, default=str))
     else:
-        for row in report.rows:
+        for row in result.rows:
             mark = "ok  " if row["ok"] else "FAIL"
             note = f"  ({row['note']})" if row["note"] else ""
             print(f"{mark}  {row['name']}: {row['got']}{note}")
-        print("tier 3 can run" if report.skip_reason is None else f"cannot: {report.skip_reason}")
-    return 0 if report.skip_reason is None else 1
+        print("tier 3 can run" if result.skip_reason is None else f"cannot: {result.skip_reason}")
+    return 0 if result.skip_reason is None else 1
 
 
 def _host_arch(arch: str | None) -> str:
-    from harness.images.arches import host_arch
-
     return arch or host_arch()
 
 
@@ -113,7 +92,6 @@ def _boot(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from harness.artifacts import new_artifacts_dir
-    from harness.commands.run import report
     from harness.scenarios.runner import run_scenario
 
     real = apply_host_device(args)
