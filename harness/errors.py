@@ -1,4 +1,17 @@
-"""The harness's exception types: one family, each naming what was wrong."""
+"""The harness's exception types: one family, each naming what was wrong.
+
+    HarnessError
+     ├── ConfigError            bad description / option / argument (before anything runs)
+     │    └── MissingCapabilityError  (harness.qemu.probe) QEMU lacks a device or property
+     ├── PrerequisiteError      a host tool, package or binary is missing
+     │    └── QemuNotFoundError (harness.qemu.probe) no QEMU binary for the arch
+     ├── DecodeError / EncodeError   bytes or values that do not fit a format
+     └── ...                    the rest sit beside their raisers (MachineError, AgentError,
+                                IoctlError, ImageBuildError, ...)
+
+Callers branch on these types, never on an error's text; only ``MissingCapabilityError``
+and ``PrerequisiteError`` turn into skips, and their messages name what is missing.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +22,10 @@ class HarnessError(Exception):
 
 class ConfigError(HarnessError):
     """A machine description, option or argument is invalid; raised before anything runs."""
+
+
+class PrerequisiteError(HarnessError):
+    """A host tool, package or binary is missing (``scripts/setup.sh`` installs it)."""
 
 
 class DecodeError(HarnessError, ValueError):

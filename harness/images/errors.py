@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, PrerequisiteError
 
 
 class ImageBuildError(HarnessError):
@@ -27,5 +27,9 @@ class ImageNotBuiltError(HarnessError):
     """``images path`` (or a lookup) found no cached image for the current recipe."""
 
 
-class PrerequisiteError(HarnessError):
-    """A host tool or package the build needs is missing (``scripts/setup.sh`` installs it)."""
+__all__ = [
+    "ImageBuildError",
+    "ImageNotBuiltError",
+    "KernelConfigError",
+    "PrerequisiteError",
+]

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.cachedir import cache_dir
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, PrerequisiteError
+from harness.qemu import lifetime
 from harness.qemu.argv import QEMU_BINARIES
 from harness.qemu.description import IntelIommu, Machine, SmmuV3, VfioPci
 from harness.qemu.qmp import QmpSession
@@ -28,6 +29,10 @@ PROBED_DEVICES = ("intel-iommu", "arm-smmuv3", "edu", "vfio-pci", "pvpanic", "pv
 
 class MissingCapabilityError(ConfigError):
     """The QEMU in use lacks a device or property the description needs."""
+
+
+class QemuNotFoundError(PrerequisiteError):
+    """No QEMU binary for the arch (or the one named) is installed."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +76,17 @@ class QemuCapabilities:
 
 
 def resolve_binary(arch: str, qemu: str | None = None) -> str:
-    """Absolute path of the QEMU binary (``--qemu`` or the installed one for ``arch``)."""
+    """Absolute path of the QEMU binary (``--qemu`` or the installed one for ``arch``).
+
+    A binary the caller named that does not exist is a ConfigError (their mistake); the
+    installed one missing is a QemuNotFoundError (a prerequisite: tests skip on it).
+    """
     name = qemu or QEMU_BINARIES[arch]
     path = shutil.which(name)
+    if path is None and qemu:
+        raise ConfigError(f"QEMU binary {name!r} not found (named by --qemu or the matrix)")
     if path is None:
-        raise HarnessError(f"QEMU binary {name!r} not found (scripts/setup.sh installs it)")
+        raise QemuNotFoundError(f"QEMU binary {name!r} not found (scripts/setup.sh installs it)")
     return os.path.realpath(path)
 
 
@@ -113,7 +124,7 @@ def _probe_in(binary: str, run_dir: Path) -> QemuCapabilities:
     argv = [binary, "-machine", "none", "-nodefaults", "-display", "none",
             "-qmp", f"unix:{sock},server=on,wait=off"]  # fmt: skip
     try:
-        proc = subprocess.Popen(
+        proc = lifetime.popen(  # dies with the harness even if it is SIGKILLed
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             umask=0o077,
         )  # fmt: skip

@@ -5,6 +5,12 @@ needs (``GuestSpec``).  Host halves live in ``harness.scenarios.<topic>`` and re
 with ``@scenario(...)``; guest halves live in ``harness.scenarios.guest`` and run
 through the agent.  Verdicts are lists of ``Check`` rows (name, expected, got) so every
 failure says what was expected and what came back.
+
+Each row is of one kind: an **effect** check observes the system under test (bytes a DMA
+wrote, a record a queue holds, an errno the kernel returned) and compares it with what a
+correct system must produce, predicted independently of the observation; a **setup**
+check says a step the story needs worked.  Reports count them apart.  Facts that judge
+nothing go in ``Verdict.facts``, never in rows.
 """
 
 from __future__ import annotations
@@ -16,21 +22,38 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.qemu.description import Machine
+
+EFFECT = "effect"
+SETUP = "setup"
+CHECK_KINDS = (EFFECT, SETUP)
 
 
 @dataclass(frozen=True)
 class Check:
-    """One comparison: ``name`` expected ``expected`` and got ``got``."""
+    """One comparison: ``name`` expected ``expected`` and got ``got``; ``kind`` effect/setup."""
 
     name: str
     expected: Any
     got: Any
     ok: bool
     note: str = ""
+    kind: str = SETUP
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHECK_KINDS:
+            raise ConfigError(
+                f"check {self.name!r}: kind {self.kind!r} is not one of {CHECK_KINDS}"
+            )
 
     @classmethod
-    def equal(cls, name: str, expected: Any, got: Any, note: str = "") -> Check:
-        return cls(name, expected, got, expected == got, note)
+    def equal(cls, name: str, expected: Any, got: Any, note: str = "", kind: str = SETUP) -> Check:
+        return cls(name, expected, got, expected == got, note, kind)
+
+    @classmethod
+    def effect(cls, name: str, expected: Any, got: Any, note: str = "") -> Check:
+        """An effect row: ``got`` observed from the system equals the predicted ``expected``."""
+        return cls.equal(name, expected, got, note, EFFECT)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Check:
@@ -41,6 +64,7 @@ class Check:
             got=row.get("got"),
             ok=bool(row["ok"]),
             note=str(row.get("note", "")),
+            kind=str(row.get("kind", SETUP)),
         )
 
 
@@ -61,6 +85,10 @@ class Verdict:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
 
+    def count(self, kind: str) -> int:
+        """How many rows of ``kind`` (effect or setup) the verdict has."""
+        return sum(1 for c in self.checks if c.kind == kind)
+
     def add(self, check: Check) -> Check:
         self.checks.append(check)
         return check
@@ -70,7 +98,10 @@ class Verdict:
 
     def summary(self) -> str:
         state = "PASS" if self.passed else "FAIL"
-        text = f"{self.scenario}: {state} ({len(self.checks)} checks, {len(self.failures)} failed)"
+        text = (
+            f"{self.scenario}: {state} ({len(self.checks)} checks: {self.count(EFFECT)} effect,"
+            f" {self.count(SETUP)} setup; {len(self.failures)} failed)"
+        )
         for c in self.failures:
             text += f"\n  {c.name}: expected {c.expected!r}, got {c.got!r}"
             text += f" ({c.note})" if c.note else ""
@@ -79,16 +110,17 @@ class Verdict:
     def table(self) -> str:
         """All checks, one per line, for humans and logs."""
         width = max((len(c.name) for c in self.checks), default=10)
-        lines = [f"{'check':<{width}}  ok    expected / got"]
+        lines = [f"{'check':<{width}}  ok    kind    expected / got"]
         for c in self.checks:
             mark = "ok  " if c.ok else "FAIL"
-            lines.append(f"{c.name:<{width}}  {mark}  {c.expected!r} / {c.got!r}")
+            lines.append(f"{c.name:<{width}}  {mark}  {c.kind:<6}  {c.expected!r} / {c.got!r}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "passed": self.passed,
+            "counts": {kind: self.count(kind) for kind in CHECK_KINDS},
             "checks": [asdict(c) for c in self.checks],
             "facts": self.facts,
             "timings": self.timings,
@@ -193,3 +225,14 @@ def get(name: str) -> Scenario:
     if name not in known:
         raise ConfigError(f"unknown scenario {name!r}; known: {', '.join(sorted(known)) or 'none'}")
     return known[name]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything needed to boot a scenario's guest: description, binary, image identity."""
+
+    machine: Machine
+    binary: str
+    ready_marker: str
+    image: dict[str, Any]
+    viommu_options: dict[str, Any]

@@ -26,20 +26,19 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness import images
+from harness import images, klog, repro
 from harness.agent.client import AgentError
 from harness.artifacts import new_artifacts_dir
 from harness.errors import ConfigError, HarnessError
 from harness.guest import Guest
 from harness.images.cache import default_root
 from harness.profiles import guest_machine, make_viommu
-from harness.qemu.description import Machine
 from harness.qemu.probe import probe, require_properties, resolve_binary
-from harness.scenarios.base import Scenario, Verdict, get
+from harness.scenarios.base import EFFECT, Check, Prepared, Scenario, Verdict, get
 
 SEED_PARAM = "seed"
 VERDICT_FILE = "verdict.json"
@@ -69,17 +68,6 @@ def resolve_params(
     if not isinstance(merged[SEED_PARAM], int) or isinstance(merged[SEED_PARAM], bool):
         raise ConfigError(f"param seed={merged[SEED_PARAM]!r}: expected an integer")
     return merged
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Everything needed to boot a scenario's guest: description, binary, image identity."""
-
-    machine: Machine
-    binary: str
-    ready_marker: str
-    image: dict[str, Any]
-    viommu_options: dict[str, Any]
 
 
 PrepareHook = Callable[[Prepared, Log], Prepared]
@@ -198,6 +186,53 @@ def run_scenario(
     )
 
 
+SPLATS_FILE = "kernel-splats.txt"
+
+
+def kernel_health(guest: Guest, mark: str) -> Check:
+    """The guest kernel's log since ``mark``: no WARN, BUG, Oops, sanitizer, lockdep,
+    refcount, RCU-stall or lockup report (``harness.klog``).  A hit fails the row with the
+    first line of the first report; every report with its trace goes to the artifacts.
+    """
+    name = "guest kernel log since the scenario began: no WARN/BUG/Oops/KASAN/UBSAN/lockdep/stall"
+    try:
+        text = str(guest.call("system.dmesg", since=mark, timeout=30))
+    except AgentError as exc:  # the mark scrolled out, or the agent is gone: read the console
+        text = guest.vm.console_text()
+        source = f"console (dmesg unreadable: {str(exc).splitlines()[0]})"
+    else:
+        source = "dmesg"
+    splats = klog.find_splats(text)
+    if splats:
+        path = guest.artifacts / SPLATS_FILE
+        path.write_text("\n\n".join(f"[{s.kind}] {s.text()}" for s in splats) + "\n")
+        source += f"; {len(splats)} report(s) in {path}"
+    got = f"{splats[0].kind}: {splats[0].first_line}" if splats else "no reports"
+    return Check(name, "no reports", got, not splats, source, EFFECT)
+
+
+def run_on_guest(
+    scenario: Scenario,
+    guest: Guest,
+    params: Mapping[str, Any],
+    *,
+    on_ready: Callable[[Guest], None] | None = None,
+) -> Verdict:
+    """Run ``scenario`` on a booted ``guest``; its verdict ends with the kernel-health row.
+
+    The kernel log is marked before ``on_ready`` runs, so whatever the hook does to the
+    guest is judged too.
+    """
+    mark = str(guest.call("system.dmesg_mark", timeout=15))
+    if on_ready is not None:
+        on_ready(guest)
+    t0 = time.monotonic()
+    verdict = scenario.run(guest, params)
+    verdict.add(kernel_health(guest, mark))
+    verdict.timings["scenario_s"] = time.monotonic() - t0
+    return verdict
+
+
 def _guest_kernel(guest: Guest) -> str:
     with contextlib.suppress(AgentError, KeyError, TypeError):
         return str(guest.call("system.info", timeout=15)["kernel"])
@@ -235,8 +270,6 @@ def execute(
 
     Writes ``verdict.json``; on a failed verdict or an exception also ``repro.json``.
     """
-    from harness import repro
-
     log = log or _stderr_log
     artifacts.mkdir(parents=True, exist_ok=True)
     facts = _run_facts(prepared, params, artifacts)
@@ -253,12 +286,8 @@ def execute(
         with guest:
             facts["accel"] = guest.vm.accel
             facts["kernel_release"] = _guest_kernel(guest) or facts["kernel_release"]
-            if on_ready is not None:
-                on_ready(guest)
-            t1 = time.monotonic()
-            verdict = scenario.run(guest, params)
+            verdict = run_on_guest(scenario, guest, params, on_ready=on_ready)
             verdict.timings.update(guest.timings)
-            verdict.timings["scenario_s"] = time.monotonic() - t1
             for key, value in facts.items():
                 verdict.facts.setdefault(key, value)
             if before_teardown is not None:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.agent.client import AgentError
+from harness.driver.errors import errno_name
 from harness.errors import DecodeError
 from harness.firmware.capability import nesting_capability
 from harness.firmware.iort import Iort, parse_iort
@@ -36,8 +37,15 @@ from harness.qemu.description import Machine, SmmuV3
 from harness.qemu.trace import TraceRecord, TraceWindow, set_trace_events
 from harness.rings import ExpectedFault, check_veventq
 from harness.rings.verdict import RingVerdict
-from harness.scenarios.base import Check, GuestSpec, Verdict, scenario
-from harness.scenarios.runner import Prepared, prepare_hook
+from harness.scenarios.base import EFFECT, Check, GuestSpec, Prepared, Verdict, scenario
+from harness.scenarios.hw_queues import (
+    SmmuQueueReader,
+    cmdq_invalidation_rows,
+    context_from_hardware,
+    reader_enabled,
+    smmu_queue_reader,
+)
+from harness.scenarios.runner import prepare_hook
 from harness.smmuv3 import (
     VsmmuContext,
     check_vsmmu_invalidation_array,
@@ -228,7 +236,13 @@ def event_summary(data: bytes, limit: int = 12) -> list[str]:
 
 def _ring_checks(verdict: Verdict, name: str, ring: RingVerdict) -> None:
     verdict.add(
-        Check(f"{name}: no loss, duplicates, disorder or mismatch", "ok", ring.summary(), ring.ok)
+        Check(
+            f"{name}: no loss, duplicates, disorder or mismatch",
+            "ok",
+            ring.summary(),
+            ring.ok,
+            kind=EFFECT,
+        )
     )
 
 
@@ -256,7 +270,7 @@ def smmuv3_capabilities(guest: Guest, params: Mapping[str, Any]) -> Verdict:
         return verdict
     options = _options(guest.vm.machine)
     caps = guest.call("smmuv3.capabilities", cdev=bound[1])
-    verdict.add(Check.equal("hw_info type", HW_INFO_TYPE_ARM_SMMUV3, caps["hw_info_type"]))
+    verdict.add(Check.effect("hw_info type", HW_INFO_TYPE_ARM_SMMUV3, caps["hw_info_type"]))
     got = {k: int(v) for k, v in caps["idrs"].items()}
     predicted = predict_idrs(options)
     for reg in ("IDR0", "IDR1", "IDR2", "IDR3", "IDR4", "IDR5", "IIDR", "AIDR"):
@@ -266,6 +280,7 @@ def smmuv3_capabilities(guest: Guest, params: Mapping[str, Any]) -> Verdict:
                 f"{predicted[reg]:#010x}",
                 f"{got[reg]:#010x}",
                 predicted[reg] == got[reg],
+                kind=EFFECT,
             )
         )
     regs = decode_id_regs(got)
@@ -279,7 +294,7 @@ def smmuv3_capabilities(guest: Guest, params: Mapping[str, Any]) -> Verdict:
         ("IDR5.OAS bits", regs.idr5.oas_bits, want.idr5.oas_bits),
         ("IDR1.SSIDSIZE", regs.idr1.ssidsize, want.idr1.ssidsize),
     ):
-        verdict.add(Check.equal(f"decoded {label}", expected, value))
+        verdict.add(Check.effect(f"decoded {label}", expected, value))
     raw_iort, iort, problem = (caps.get("iort"), None, caps.get("iort_error", ""))
     if raw_iort is not None:
         try:
@@ -292,7 +307,7 @@ def smmuv3_capabilities(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     override = override_active(guest.vm.machine)
     verdict.facts["iort_override"] = override
     verdict.add(
-        Check.equal(
+        Check.effect(
             "nest parent (IOMMU_HWPT_ALLOC_NEST_PARENT)",
             "success" if capability.nest_parent else "EOPNOTSUPP",
             caps["nest_parent_errno"],
@@ -306,6 +321,7 @@ def smmuv3_capabilities(guest: Guest, params: Mapping[str, Any]) -> Verdict:
                 caps["viommu_errno"],
                 caps["viommu_errno"] == ("success" if capability.viommu else "EOPNOTSUPP"),
                 capability.explain(),
+                EFFECT,
             )
         )
     if iort is not None:
@@ -318,16 +334,6 @@ def smmuv3_capabilities(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     verdict.facts["tainted"] = tainted
     verdict.facts["taint_overridden_acpi_table"] = taint_overridden(tainted)
     verdict.facts["acpi_log"] = caps["acpi_log"]
-    if not capability.viommu and capability.nest_parent:
-        text = capability.explain()
-        verdict.add(
-            Check(
-                "refusal explained",
-                "IDR3.FWB=0 and IORT CANWBS=0",
-                text,
-                "IDR3.FWB=0 and IORT CANWBS=0" in text,
-            )
-        )
     if not override and raw_iort is not None and iort is not None:
         binary = guest.vm.argv[0] if guest.vm.argv else ""
         with contextlib.suppress(OSError):
@@ -391,12 +397,13 @@ def _open_session(guest: Guest, verdict: Verdict, depth: int = 64) -> dict[str, 
     )
     session.update(bdf=bound[0], cdev=bound[1])
     verdict.facts["session"] = {k: v for k, v in session.items() if k != "idrs"}
+    ids = [session["nest_parent"], session["viommu"], session["vdevice"], session["veventq"]]
     verdict.add(
         Check(
-            "nest parent, vIOMMU, vDEVICE and vEVENTQ allocated",
-            "ids",
-            [session["nest_parent"], session["viommu"], session["vdevice"], session["veventq"]],
-            True,
+            "nest parent, vIOMMU, vDEVICE and vEVENTQ allocated (4 distinct object ids)",
+            "4 distinct ids > 0",
+            ids,
+            len({i for i in ids if isinstance(i, int) and i > 0}) == 4,
         )
     )
     return session
@@ -429,14 +436,14 @@ def smmuv3_cd_binding(guest: Guest, params: Mapping[str, Any]) -> Verdict:
         verdict.facts["cases"][label] = {k: v for k, v in facts.items() if not isinstance(v, bytes)}
         verdict.facts["cases"][label]["events"] = event_summary(events)
         if case["kind"] in ("abort", "bypass"):
-            verdict.add(Check.equal(f"{label}: no vEVENTQ records", 0, len(events)))
+            verdict.add(Check.effect(f"{label}: no vEVENTQ records", 0, len(events)))
             continue
         if "dma_ok" not in facts:
             continue
         two_level = case["kind"] == "s1-2level"
         if two_level and ssidsize == 0:
             verdict.add(
-                Check.equal(
+                Check.effect(
                     f"{label}: DMA refused by the model (IDR1.SSIDSIZE=0)", False, facts["dma_ok"]
                 )
             )
@@ -449,15 +456,16 @@ def smmuv3_cd_binding(guest: Guest, params: Mapping[str, Any]) -> Verdict:
                     ring.summary(),
                     ring.ok and len(ring.matched) == 2,
                     "QEMU rejects STE.S1CDMax != 0 without substream support",
+                    EFFECT,
                 )
             )
         else:
             verdict.add(
-                Check.equal(
+                Check.effect(
                     f"{label}: DMA IOVA -> S1 -> IPA -> S2 -> memory, bytes", True, facts["dma_ok"]
                 )
             )
-            verdict.add(Check.equal(f"{label}: no vEVENTQ records", 0, len(events)))
+            verdict.add(Check.effect(f"{label}: no vEVENTQ records", 0, len(events)))
     guest.call("smmuv3.close_session")
     return verdict
 
@@ -465,66 +473,108 @@ def smmuv3_cd_binding(guest: Guest, params: Mapping[str, Any]) -> Verdict:
 # -- invalidation by effect -----------------------------------------------------------------------
 
 
-def _invalidation_cases(vsid: int) -> list[dict[str, Any]]:
-    page_b = IPA_BASE + DATA_OFFSET + 3 * DATA_SLOT
+@dataclass(frozen=True)
+class InvalidationCase:
+    """One invalidation story: the translation change, the right command(s), the wrong ones.
+
+    ``commands`` None means the case is a vSTE replacement (the attach is the invalidation,
+    so there is no stale window to observe).  Each ``wrong`` entry is (label, commands): an
+    invalidation that must leave the stale translation in place (the negative control).
+    ``trace`` is the QEMU trace event (and fields) the right command must reach the model as.
+    """
+
+    label: str
+    change: str
+    iova: int
+    asid: int
+    commands: tuple[Mapping[str, Any], ...] | None
+    wrong: tuple[tuple[str, tuple[Mapping[str, Any], ...]], ...] = ()
+    trace: tuple[str, Mapping[str, Any]] | None = None
+
+    def stage_args(self) -> dict[str, Any]:
+        return {"label": self.label, "change": self.change, "iova": self.iova, "asid": self.asid}
+
+
+def _cmd(name: str, **fields: Any) -> Mapping[str, Any]:
+    return {"name": name, "fields": fields}
+
+
+GRANULE = 0x1000
+
+
+def invalidation_cases(vsid: int) -> list[InvalidationCase]:
+    """Every command type arm_vsmmu_cache_invalidate() (7.3) forwards and QEMU caches for.
+
+    ATC_INV is forwarded only where the SMMU has ATS (QEMU's model has none, and edu no ATS
+    capability): it is a malformed case (EIO) below, not an effect case.
+    """
+    va, vaa, asid_, all_, nsnh = 0x3000_0000, 0x3400_0000, 0x3200_0000, 0x3500_0000, 0x3600_0000
+    rng = 0x3100_0000
+    cd_only = (
+        "CFGI_CD_ALL (config only: the TLB keeps the entry)",
+        (_cmd("CFGI_CD_ALL", sid=vsid),),
+    )
     return [
-        {
-            "label": "tlbi-nh-va",
-            "change": "pte",
-            "iova": 0x3000_0000,
-            "asid": 0x21,
-            "commands": [
-                {
-                    "name": "TLBI_NH_VA",
-                    "fields": {"asid": 0x21, "address": 0x3000_0000, "leaf": True},
-                }
-            ],
-            "trace": ("smmuv3_range_inval", {"asid": 0x21, "addr": 0x3000_0000}),
-        },
-        {
-            "label": "tlbi-nh-va-range",
-            "change": "pte",
-            "iova": 0x3100_0000,
-            "asid": 0x22,
-            "commands": [
-                {
-                    "name": "TLBI_NH_VA",
-                    "fields": {
-                        "asid": 0x22,
-                        "address": 0x3100_0000,
-                        "leaf": True,
-                        "tg": 1,
-                        "num": 1,
-                        "scale": 0,
-                    },
-                }
-            ],
-            "trace": ("smmuv3_range_inval", {"asid": 0x22, "addr": 0x3100_0000, "num_pages": 2}),
-        },
-        {
-            "label": "tlbi-nh-asid",
-            "change": "pte",
-            "iova": 0x3200_0000,
-            "asid": 0x23,
-            "commands": [{"name": "TLBI_NH_ASID", "fields": {"asid": 0x23}}],
-            "trace": ("smmuv3_cmdq_tlbi_nh_asid", {"asid": 0x23}),
-        },
-        {
-            "label": "cfgi-cd",
-            "change": "cd",
-            "iova": 0x3300_0000,
-            "asid": 0x24,
-            "commands": [{"name": "CFGI_CD", "fields": {"sid": vsid, "leaf": True}}],
-            "trace": ("smmuv3_cmdq_cfgi_cd", {"sid": "physical"}),
-        },
-        {
-            "label": "cfgi-ste (vSTE replaced)",
-            "change": "ste",
-            "iova": page_b,
-            "asid": 0x26,
-            "trace": ("smmuv3_cmdq_cfgi_ste", {"streamid": "physical"}),
-        },
-    ]
+        InvalidationCase(
+            "tlbi-nh-va", "pte", va, 0x21,
+            (_cmd("TLBI_NH_VA", asid=0x21, address=va, leaf=True),),
+            (
+                ("wrong ASID", (_cmd("TLBI_NH_VA", asid=0x61, address=va, leaf=True),)),
+                ("wrong VA", (_cmd("TLBI_NH_VA", asid=0x21, address=va + 0x10_0000, leaf=True),)),
+            ),
+            ("smmuv3_range_inval", {"asid": 0x21, "addr": va}),
+        ),
+        InvalidationCase(
+            "tlbi-nh-va-range", "pte", rng, 0x22,
+            (_cmd("TLBI_NH_VA", asid=0x22, address=rng, leaf=True, tg=1, num=1, scale=0),),
+            (
+                (
+                    "range of 2 pages beside the IOVA",
+                    (_cmd("TLBI_NH_VA", asid=0x22, address=rng + 2 * GRANULE, leaf=True, tg=1,
+                          num=1, scale=0),),
+                ),
+            ),
+            ("smmuv3_range_inval", {"asid": 0x22, "addr": rng, "num_pages": 2}),
+        ),
+        InvalidationCase(
+            "tlbi-nh-vaa", "pte", vaa, 0x25,
+            (_cmd("TLBI_NH_VAA", address=vaa, leaf=True),),
+            (("wrong VA", (_cmd("TLBI_NH_VAA", address=vaa + 0x10_0000, leaf=True),)),),
+            ("smmuv3_range_inval", {"addr": vaa}),
+        ),
+        InvalidationCase(
+            "tlbi-nh-asid", "pte", asid_, 0x23,
+            (_cmd("TLBI_NH_ASID", asid=0x23),),
+            (("wrong ASID", (_cmd("TLBI_NH_ASID", asid=0x63),)),),
+            ("smmuv3_cmdq_tlbi_nh_asid", {"asid": 0x23}),
+        ),
+        InvalidationCase(
+            "tlbi-nh-all", "pte", all_, 0x27,
+            (_cmd("TLBI_NH_ALL"),), (cd_only,), ("smmuv3_cmdq_tlbi_nh", {}),
+        ),
+        InvalidationCase(
+            # the kernel turns NSNH_ALL into NH_ALL for the vIOMMU's VMID: QEMU sees NH_ALL
+            "tlbi-nsnh-all", "pte", nsnh, 0x28,
+            (_cmd("TLBI_NSNH_ALL"),), (cd_only,), ("smmuv3_cmdq_tlbi_nh", {}),
+        ),
+        InvalidationCase(
+            "cfgi-cd", "cd", 0x3300_0000, 0x24,
+            (_cmd("CFGI_CD", sid=vsid, leaf=True),),
+            (
+                ("TLBI_NH_ASID (TLB only: the cached CD stays)",
+                 (_cmd("TLBI_NH_ASID", asid=0x24),)),
+                ("unknown vSID", (_cmd("CFGI_CD", sid=vsid + 1, leaf=True),)),
+            ),
+            ("smmuv3_cmdq_cfgi_cd", {"sid": "physical"}),
+        ),
+        InvalidationCase(
+            "cfgi-cd-all", "cd", 0x3700_0000, 0x29,
+            (_cmd("CFGI_CD_ALL", sid=vsid),),
+            (("unknown vSID", (_cmd("CFGI_CD_ALL", sid=vsid + 1),)),),
+            ("smmuv3_cmdq_cfgi_cd", {"sid": "physical"}),
+        ),
+        InvalidationCase("ste (vSTE replaced)", "ste", 0x3800_0000, 0x2A, None),
+    ]  # fmt: skip
 
 
 def _malformed_cases(vsid: int) -> list[dict[str, Any]]:
@@ -556,29 +606,16 @@ def _malformed_cases(vsid: int) -> list[dict[str, Any]]:
         },
         {"label": "CMD_SYNC", "commands": [asid, {"name": "CMD_SYNC"}]},
         {
+            "label": "ATC_INV on an SMMU without ATS",
+            "commands": [asid, {"name": "ATC_INV", "fields": {"sid": vsid, "size": 0}}],
+        },
+        {
             "label": "data_type VTD_S1 on an SMMUv3 vIOMMU",
             "commands": [asid],
             "data_type": 0,
             "predicted": ("EINVAL", 0),
         },
     ]
-
-
-def _predict_malformed(case: Mapping[str, Any], ctx: VsmmuContext) -> tuple[str, int]:
-    if "predicted" in case:
-        errno_name, entry_num = case["predicted"]
-        return str(errno_name), int(entry_num)
-    commands: list[Any] = []
-    for spec in case["commands"]:
-        if "raw" in spec:
-            commands.append(bytes.fromhex(spec["raw"]))
-        else:
-            commands.append(make_command(spec["name"], **spec.get("fields", {})))
-    batch = check_vsmmu_invalidation_array(commands, ctx)
-    return (
-        "success" if batch.errno == 0 else "EIO" if batch.errno == 5 else str(batch.errno),
-        batch.entry_num,
-    )
 
 
 def _trace_matches(
@@ -594,68 +631,158 @@ def _trace_matches(
     return found
 
 
+def _predict_batch(commands: Sequence[Mapping[str, Any]], ctx: VsmmuContext) -> tuple[str, int]:
+    """errno name and entry_num the 7.3 kernel must answer for ``commands`` (host model)."""
+    built: list[Any] = []
+    for spec in commands:
+        if "raw" in spec:
+            built.append(bytes.fromhex(spec["raw"]))
+        else:
+            built.append(make_command(spec["name"], **spec.get("fields", {})))
+    batch = check_vsmmu_invalidation_array(built, ctx)
+    return errno_name(batch.errno), batch.entry_num
+
+
 @scenario("smmuv3-invalidation", tier=2, arches=("arm64",), guest=_spec, viommu="smmuv3")
 def smmuv3_invalidation(guest: Guest, params: Mapping[str, Any]) -> Verdict:
-    """Re-pointed PTEs / CDs / STEs: DMA reaches the new page only after the invalidation."""
+    """Re-pointed PTEs / CDs / STEs: stale until the right invalidation, fresh after it."""
     verdict = Verdict("smmuv3-invalidation")
     session = _open_session(guest, verdict)
     if session is None:
         return verdict
     assert guest.vm.qmp is not None
     sid = int(session["sid"])
-    verdict.facts["trace_events_enabled"] = set_trace_events(guest.vm.qmp, TRACE_PATTERNS)
-    stale: dict[str, str] = {}
-    for case in _invalidation_cases(VSID):
-        label = case["label"]
-        staged = guest.call("smmuv3.invalidation_stage", case=case)
-        verdict.extend(_rows(staged))
-        stale[label] = staged.get("stale", "")
-        window = TraceWindow(guest.vm.qemu_log)
-        applied = guest.call("smmuv3.invalidation_apply", commands=case.get("commands"))
-        verdict.extend(_rows(applied))
-        name, fields = case["trace"]
-
-        def reached(records: list[TraceRecord], n: str = name, f: Any = fields) -> bool:
-            return bool(_trace_matches(records, n, f, sid))
-
-        records = _wait_trace(window, reached)
-        matched = _trace_matches(records, name, fields, sid)
-        shown = {k: (f"{sid:#x}" if v == "physical" else v) for k, v in fields.items()}
-        verdict.add(
-            Check(
-                f"{label}: reached the emulated SMMU (trace {name})",
-                f"{name} {shown}",
-                matched[0].message if matched else sorted({r.name for r in records}),
-                bool(matched),
-            )
-        )
-        if "entry_num" in applied:
-            verdict.add(
-                Check.equal(
-                    f"{label}: entry_num reported back",
-                    len(case.get("commands", [])),
-                    applied["entry_num"],
-                )
-            )
-    verdict.facts["dma_before_invalidation"] = stale
-    verdict.facts["model_iotlb_served_stale"] = sorted(k for k, v in stale.items() if v == "A")
     ctx = VsmmuContext.from_id_regs(
         decode_id_regs({k: int(v) for k, v in session["idrs"].items()}),
         vsid_to_sid={VSID: sid},
     )
-    cases = _malformed_cases(VSID)
-    results = guest.call("smmuv3.malformed_invalidations", cases=cases)
-    for case, result in zip(cases, results, strict=True):
-        want = _predict_malformed(case, ctx)
+    verdict.facts["trace_events_enabled"] = set_trace_events(guest.vm.qmp, TRACE_PATTERNS)
+    shown: dict[str, dict[str, Any]] = {}
+    cases = invalidation_cases(VSID)
+    if params.get("cases"):  # a subset by label (the mutation tests use one case)
+        cases = [c for c in cases if c.label in params["cases"]]
+    with contextlib.ExitStack() as stack:  # the CMDQ read from the hardware (hw_queues)
+        reader = smmu_queue_reader(guest.vm.qmp) if reader_enabled(params) else None
+        hw = stack.enter_context(reader) if reader is not None else None
+        verdict.facts["hw_queue_reader"] = hw is not None
+        for case in cases:
+            shown[case.label] = _invalidation_story(guest, verdict, case, ctx, sid, hw)
+    verdict.facts["dma_observations"] = shown
+    verdict.facts["no_stale_window"] = {
+        c.label: "attaching a nested HWPT installs the STE and invalidates it in one ioctl"
+        for c in cases
+        if c.commands is None
+    }
+    verdict.facts["invalidation_effects_shown"] = sorted(
+        label
+        for label, seen in shown.items()
+        if seen.get("stale") == "A" and seen.get("after") == "B"
+    )
+    malformed = _malformed_cases(VSID)
+    for case_, result in zip(
+        malformed, guest.call("smmuv3.malformed_invalidations", cases=malformed), strict=True
+    ):
+        want = case_.get("predicted") or _predict_batch(case_["commands"], ctx)
         verdict.add(
-            Check.equal(
-                f"invalidate [{case['label']}]: errno, entry_num",
+            Check.effect(
+                f"invalidate [{case_['label']}]: errno, entry_num",
                 list(want),
                 [result["errno"], result["entry_num"]],
             )
         )
     guest.call("smmuv3.close_session")
     return verdict
+
+
+def _invalidation_story(
+    guest: Guest,
+    verdict: Verdict,
+    case: InvalidationCase,
+    ctx: VsmmuContext,
+    sid: int,
+    hw: SmmuQueueReader | None = None,
+) -> dict[str, Any]:
+    """before (A) -> change -> stale (A) -> each wrong invalidation (A) -> right one (B)."""
+    label = case.label
+    staged = guest.call("smmuv3.invalidation_stage", case=case.stage_args())
+    verdict.add(Check.equal(f"{label}: stage-1 HWPT attached", "success", staged["attach"],
+                            staged.get("attach_step", "")))  # fmt: skip
+    seen: dict[str, Any] = {"before": staged.get("before"), "stale": staged.get("stale")}
+    if staged["attach"] != "success":
+        return seen
+    verdict.add(
+        Check.effect(f"{label}: DMA before the change reaches page A", "A", staged["before"])
+    )
+    if case.commands is not None:
+        verdict.add(
+            Check.effect(
+                f"{label}: after the change, before any invalidation, DMA still reaches page A",
+                "A",
+                staged.get("stale"),
+                "the model must serve its cached translation, else the case shows no effect",
+            )
+        )
+    for wrong_label, wrong in case.wrong:
+        applied = guest.call("smmuv3.invalidation_apply", commands=list(wrong))
+        verdict.add(
+            Check.effect(
+                f"{label}: {wrong_label}: errno, entry_num",
+                list(_predict_batch(wrong, ctx)),
+                [applied["errno"], applied.get("entry_num")],
+            )
+        )
+        verdict.add(
+            Check.effect(
+                f"{label}: {wrong_label}: DMA still reaches page A (negative control)",
+                "A",
+                applied["after"],
+            )
+        )
+        seen[f"after {wrong_label}"] = applied["after"]
+    window = TraceWindow(guest.vm.qemu_log)
+    commands = list(case.commands) if case.commands is not None else None
+    cmdq_before = hw.snapshot() if hw is not None and commands is not None else None
+    applied = guest.call("smmuv3.invalidation_apply", commands=commands)
+    seen["after"] = applied["after"]
+    if hw is not None and cmdq_before is not None and commands is not None:
+        cmdq_after = hw.snapshot()
+        hw_ctx = context_from_hardware(ctx, hw, cmdq_after, sid)
+        verdict.checks.extend(
+            cmdq_invalidation_rows(
+                label, commands, hw_ctx, cmdq_before, cmdq_after, physical_sid=sid
+            )
+        )
+    if commands is None:
+        verdict.add(Check.equal(f"{label}: replacement vSTE attached", "success", applied["errno"],
+                                applied.get("step", "")))  # fmt: skip
+    else:
+        verdict.add(
+            Check.effect(
+                f"{label}: IOMMU_HWPT_INVALIDATE: errno, entry_num",
+                list(_predict_batch(commands, ctx)),
+                [applied["errno"], applied.get("entry_num")],
+            )
+        )
+    after = "the vSTE replacement" if commands is None else "the invalidation"
+    verdict.add(Check.effect(f"{label}: DMA after {after} reaches page B", "B", applied["after"]))
+    if case.trace is not None:
+        name, fields = case.trace
+
+        def reached(records: list[TraceRecord]) -> bool:
+            return bool(_trace_matches(records, name, fields, sid))
+
+        matched = _trace_matches(_wait_trace(window, reached), name, fields, sid)
+        want = {k: (f"{sid:#x}" if v == "physical" else v) for k, v in fields.items()}
+        verdict.add(
+            Check(
+                f"{label}: reached the emulated SMMU as {name}",
+                f"{name} {want}",
+                matched[0].message if matched else "no such trace record",
+                bool(matched),
+                kind=EFFECT,
+            )
+        )
+    return seen
 
 
 # -- fault rings -----------------------------------------------------------------------------
@@ -683,14 +810,14 @@ def _overflow(
     delivered = sum(1 for record in parse_veventq(first) if record.payload is not None)
     verdict.facts["overflow"] = {"read": event_summary(first), "ring": ring.summary()}
     verdict.add(
-        Check.equal(
+        Check.effect(
             f"overflow: depth {depth}, {count} faults: LOST_EVENTS signalled",
             True,
             ring.overflow_signalled,
         )
     )
     verdict.add(
-        Check.equal(
+        Check.effect(
             "overflow: delivered (the depth) and lost (the rest)",
             [depth, count - depth],
             [delivered, ring.lost_events],
@@ -703,10 +830,10 @@ def _overflow(
     verdict.facts["overflow"]["after"] = event_summary(second)
     sequences = [record.sequence for record in parse_veventq(second)]
     verdict.add(
-        Check.equal("overflow: the next event takes the next sequence number", [count], sequences)
+        Check.effect("overflow: the next event takes the next sequence number", [count], sequences)
     )
     verdict.add(
-        Check.equal(
+        Check.effect(
             "overflow: nothing missing, duplicated or out of order",
             ((), (), ()),
             (ring.missing, ring.duplicated, ring.out_of_order),
@@ -740,6 +867,8 @@ def smmuv3_fault_rings(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     if session is None:
         return verdict
     sid = int(session["sid"])
+    before = bytes(guest.call("smmuv3.read_events", settle=0.5))
+    verdict.add(Check.effect("vEVENTQ before any fault: no records", [], event_summary(before)))
     expected: list[ExpectedFault] = []
     for kind in ("translation", "permission", "bad-cd"):
         result = guest.call("smmuv3.fault_case", kind=kind, label=f"fault-{kind}")
@@ -751,11 +880,11 @@ def smmuv3_fault_rings(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     ring = check_veventq(data, expected, strict=False, ordered=True, first_sequence=0)
     verdict.facts["veventq"] = ring.summary()
     _ring_checks(verdict, "vEVENTQ (translation, permission, bad CD)", ring)
-    verdict.add(Check.equal("vEVENTQ records", len(expected), ring.records_seen))
+    verdict.add(Check.effect("vEVENTQ records", len(expected), ring.records_seen))
     for index, want in enumerate(expected):
         hit = any(m.expected_index == index for m in ring.matched)
         verdict.add(
-            Check.equal(
+            Check.effect(
                 f"{want.label}: vSID {VSID:#x}, reason, IOVA, direction",
                 "matched",
                 "matched" if hit else "missing",
@@ -766,7 +895,7 @@ def smmuv3_fault_rings(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     result = guest.call("smmuv3.fault_case", kind="stage2", label="fault-stage2")
     stage2 = bytes(guest.call("smmuv3.read_events", settle=1.5))
     verdict.add(
-        Check.equal("stage-2 fault: not forwarded to the vEVENTQ (by design)", 0, len(stage2))
+        Check.effect("stage-2 fault: not forwarded to the vEVENTQ (by design)", 0, len(stage2))
     )
     time.sleep(0.5)
     log = str(guest.call("system.dmesg", since=mark)).replace("\\x09", "\t")
@@ -789,11 +918,12 @@ def smmuv3_fault_rings(guest: Guest, params: Mapping[str, Any]) -> Verdict:
             "found",
             "found" if found else f"{len(reports)} other event reports",
             bool(found),
+            kind=EFFECT,
         )
     )
     if found and found[0].event is not None:
         verdict.add(
-            Check.equal("stage-2 fault: IPA reported", expect.get("ipa"), found[0].event.ipa)
+            Check.effect("stage-2 fault: IPA reported", expect.get("ipa"), found[0].event.ipa)
         )
     _overflow(
         guest, verdict, session, int(params["overflow_depth"]), int(params["overflow_faults"])

@@ -105,8 +105,9 @@ def judge(name: str, result: Mapping[str, Any]) -> Verdict:
     verdict.extend(rows)
     if not rows:
         verdict.add(Check("guest returned checks", "at least one row", 0, False))
-    if bool(result.get("ok")) != all(r["ok"] for r in rows):
-        verdict.add(Check.equal("guest table's ok agrees with its rows", True, False))
+    rows_ok, table_ok = all(r["ok"] for r in rows), bool(result.get("ok"))
+    if table_ok != rows_ok:
+        verdict.add(Check.equal("guest table's ok agrees with its rows", rows_ok, table_ok))
     verdict.facts.update({k: v for k, v in result.items() if k not in ("rows", "ok")})
     verdict.facts["rows"] = len(rows)
     return verdict

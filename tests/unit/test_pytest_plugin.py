@@ -163,7 +163,8 @@ def test_registered_scenarios_are_parametrized_with_markers(
     ]
 
 
-def test_missing_qemu_binary_skips_with_its_name(inner: pytest.Pytester) -> None:
+def test_a_named_qemu_binary_that_is_missing_fails_with_its_name(inner: pytest.Pytester) -> None:
+    """--qemu names a binary: its absence is the user's mistake, not a missing capability."""
     inner.makepyfile(
         """
         def test_scenario(run_registered):
@@ -173,8 +174,19 @@ def test_missing_qemu_binary_skips_with_its_name(inner: pytest.Pytester) -> None
         """
     )
     result = inner.runpytest("--qemu", "x86_64=/nonexistent/qemu-system-x86_64", "-rs")
-    result.assert_outcomes(skipped=2)
+    result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*QEMU binary '/nonexistent/qemu-system-x86_64' not found*"])
+
+
+def test_an_uninstalled_qemu_skips_with_its_name(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No QEMU installed for the arch: a prerequisite (QemuNotFoundError), so a skip."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    inner.makepyfile("def test_boot(boot_guest):\n    boot_guest('x86_64', 'vtd')\n")
+    result = inner.runpytest("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*QEMU binary 'qemu-system-x86_64' not found*"])
 
 
 def test_kvm_for_a_foreign_arch_skips_naming_kvm(inner: pytest.Pytester) -> None:
@@ -208,10 +220,10 @@ def test_qemu_for(values: list[str], arch: str, expected: str | None) -> None:
 
 
 def test_kvm_skip_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.images import arches
+    from harness import host
     from harness.qemu import accel
 
-    monkeypatch.setattr(arches, "host_arch", lambda: "x86_64")
+    monkeypatch.setattr(host, "host_arch", lambda: "x86_64")
     assert plugin.kvm_skip_reason("x86_64", "tcg") is None
     assert plugin.kvm_skip_reason("x86_64", "auto") is None
     monkeypatch.setattr(os.path, "exists", lambda p: False)

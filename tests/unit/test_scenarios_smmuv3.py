@@ -120,21 +120,52 @@ def test_binding_vstes_are_accepted_by_the_kernel_rules() -> None:
 
 def test_invalidation_commands_are_ones_the_vsmmu_forwards() -> None:
     ctx = VsmmuContext(vsid_to_sid={host.VSID: 8})
-    for case in host._invalidation_cases(host.VSID):
-        for spec in case.get("commands", []):
+    for case in host.invalidation_cases(host.VSID):
+        for spec in case.commands or ():
             command = make_command(spec["name"], **spec.get("fields", {}))
-            assert check_vsmmu_invalidation(command, ctx).ok, case["label"]
+            assert check_vsmmu_invalidation(command, ctx).ok, case.label
+
+
+def test_every_forwarded_command_type_has_an_effect_case() -> None:
+    """Every type arm_vsmmu_cache_invalidate() (7.3) forwards with no ATS is covered."""
+    covered = {
+        spec["name"] for case in host.invalidation_cases(host.VSID) for spec in case.commands or ()
+    }
+    assert covered == {
+        "TLBI_NH_VA", "TLBI_NH_VAA", "TLBI_NH_ASID", "TLBI_NH_ALL", "TLBI_NSNH_ALL",
+        "CFGI_CD", "CFGI_CD_ALL",
+    }  # fmt: skip
+    kinds = {case.change for case in host.invalidation_cases(host.VSID)}
+    assert kinds == {"pte", "cd", "ste"}
+
+
+def test_negative_controls_are_predicted_and_differ_from_the_right_command() -> None:
+    """Each wrong invalidation differs from the right one; the model predicts its errno."""
+    ctx = VsmmuContext(vsid_to_sid={host.VSID: 8})
+    wrong_errnos = {}
+    for case in host.invalidation_cases(host.VSID):
+        assert host._predict_batch(case.commands or (), ctx)[0] == "success", case.label
+        for label, commands in case.wrong:
+            assert list(commands) != list(case.commands or ()), (case.label, label)
+            wrong_errnos[(case.label, label)] = host._predict_batch(commands, ctx)
+    assert wrong_errnos[("cfgi-cd", "unknown vSID")] == ("EIO", 0)
+    assert wrong_errnos[("tlbi-nh-va", "wrong ASID")] == ("success", 1)
+    assert sum(len(c.wrong) for c in host.invalidation_cases(host.VSID)) >= 8
 
 
 def test_malformed_predictions() -> None:
     ctx = VsmmuContext(vsid_to_sid={host.VSID: 8})
-    got = [host._predict_malformed(c, ctx) for c in host._malformed_cases(host.VSID)]
+    got = [
+        tuple(c["predicted"]) if "predicted" in c else host._predict_batch(c["commands"], ctx)
+        for c in host._malformed_cases(host.VSID)
+    ]
     assert got == [
         ("success", 3),
         ("EIO", 1),
         ("EIO", 0),
         ("EIO", 2),
         ("EIO", 0),
+        ("EIO", 1),
         ("EIO", 1),
         ("EINVAL", 0),
     ]

@@ -28,8 +28,7 @@ def run(
     viommu_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Prepare (with or without the IORT override), boot, run and return the verdict."""
-    from harness.errors import HarnessError
-    from harness.images.errors import PrerequisiteError
+    from harness.errors import PrerequisiteError
     from harness.qemu.probe import MissingCapabilityError
     from harness.scenarios.base import get
     from harness.scenarios.runner import execute, resolve_params
@@ -45,10 +44,6 @@ def run(
         )
     except (MissingCapabilityError, PrerequisiteError) as exc:
         pytest.skip(str(exc))
-    except HarnessError as exc:
-        if "not found" in str(exc):
-            pytest.skip(str(exc))
-        raise
     scenario = get(name)
     directory = artifacts / name
     verdict = execute(scenario, prepared, resolve_params(scenario, None, seed), directory)
