@@ -10,7 +10,15 @@ first line names it (else the cycle counts as ``unexpected``), and after every c
 nothing may be left: no QEMU process, listening port, connection or run directory, and
 no growth in this process's file descriptors or threads.
 
+With ``--kill-harness`` the harness itself dies instead: each cycle (boot -> scenario ->
+teardown, no fault) runs in a child process that the soak SIGKILLs at a random moment of
+its boot, scenario or teardown (kills are counted by the phase they landed in; "exit" is
+after teardown).  Its QEMU must be gone and its ports closed within 2 s (parent-death
+signal); the next cycle's child sweeps at its start, and only then are the killed
+cycle's leaks counted: processes, listening ports, run directories and key files.
+
 Usage: .venv/bin/python bench/soak.py [--cycles N] [--seed S] [--scenario NAME|roundtrip]
+                                      [--kill-harness]
 Prints the seed first, then one ``name: value unit`` line per figure.
 """
 
@@ -21,11 +29,13 @@ import collections
 import contextlib
 import faulthandler
 import os
+import queue
 import random
 import re
 import secrets
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -40,7 +50,9 @@ from harness import images
 from harness.artifacts import artifacts_root, new_artifacts_dir
 from harness.guest import Guest
 from harness.profiles import guest_machine, make_viommu
-from harness.qemu.leaks import leftovers, open_fds
+from harness.qemu import lifetime
+from harness.qemu.leaks import leftovers, listening_sockets, open_fds, process_alive, tcp_sockets
+from harness.qemu.rundir import KEY_FILES, owner_of, sweep, sweep_bases
 from harness.scenarios.base import get as get_scenario
 
 HANG_TIMEOUT = 3.0
@@ -224,6 +236,256 @@ def one_cycle(
     return result
 
 
+# -- --kill-harness: the harness process itself is SIGKILLed ------------------------------
+
+#: phases a harness kill is aimed at, and how long after the phase starts it may land (s);
+#: teardown takes ~0.06 s here, so a kill aimed at it may land after it ("exit")
+KILL_PHASES = {"boot": 4.0, "scenario": PHASE + 2.0, "teardown": 0.08}
+#: QEMU must be gone this long after its harness was SIGKILLed
+DEATH_BOUND = 2.0
+
+
+def say(line: str) -> None:
+    """Child -> soak: one protocol line on stdout."""
+    print(line, flush=True)
+
+
+def child_cycle(args: argparse.Namespace) -> int:
+    """One cycle in a child process: sweep (a harness start), boot, scenario, teardown."""
+    swept = sweep()
+    say(f"swept {len(swept.removed)} {len(swept.killed)}")
+    rng = random.Random(args.cycle_child)
+    image = images.ensure("x86_64")
+    viommu = None if args.scenario == "roundtrip" else make_viommu("vtd")
+    devices = () if args.scenario == "roundtrip" else ("edu",)
+    machine = guest_machine(image, viommu, devices, accel=args.accel)
+    artifacts = new_artifacts_dir(f"soak-kill-{args.cycle_child}", artifacts_root() / "soak")
+    guest = Guest(
+        machine, artifacts, ready_marker=image.ready_marker, name="soak",
+        boot_timeout=BOOT_TIMEOUT, ssh_timeout=SSH_TIMEOUT, hang_timeout=HANG_TIMEOUT,
+    )  # fmt: skip
+    say(f"rundir {guest.vm.run_dir}")
+    say("phase boot")
+    try:
+        guest.start()
+        say(f"qemu {guest.vm.pid} {guest.vm.ssh_port}")
+        say("phase scenario")
+        scenario_phase(guest, args.scenario, {"seed": rng.randrange(1 << 32)}, [])
+    finally:
+        say("phase teardown")
+        guest.close()
+    say("done")
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (from /proc: parents of every process)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (parent := lifetime.parent_of(int(entry))) is not None:
+            children[parent].append(int(entry))
+    found: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return [p for p in found if process_alive(p)]
+
+
+def dirs_owned_by(pid: int) -> list[Path]:
+    """Run directories whose recorded owner is ``pid``."""
+    found = []
+    for base in sweep_bases():
+        for path in base.glob("viommu-*"):
+            owner = owner_of(path)
+            if owner is not None and owner.pid == pid:
+                found.append(path)
+    return found
+
+
+@dataclass
+class Killed:
+    """What a SIGKILLed harness child had when it died, checked after the next sweep."""
+
+    index: int
+    phase: str
+    processes: list[int]
+    ports: list[int]
+    dirs: list[Path]
+    gone_s: float | None = None
+
+    def leaks(self) -> dict[str, int]:
+        """What is still there: processes, listening ports, run directories, key files."""
+        listening = {s.local_port for s in tcp_sockets() if s.state == "LISTEN"}
+        return {
+            "processes": sum(process_alive(p) for p in self.processes),
+            "ports": sum(p in listening for p in self.ports),
+            "dirs": sum(d.exists() for d in self.dirs),
+            "key_files": sum((d / k).exists() for d in self.dirs for k in KEY_FILES),
+        }
+
+
+def _line_queue(stream: Any) -> queue.SimpleQueue[str | None]:
+    """Lines of ``stream`` as a thread reads them; None at EOF."""
+    box: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def pump() -> None:
+        for line in stream:
+            box.put(line.rstrip("\n"))
+        box.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return box
+
+
+class KillCycle:
+    """One child cycle and the SIGKILL aimed at it."""
+
+    def __init__(self, index: int, args: argparse.Namespace, rng: random.Random, log_dir: Path):
+        self.index = index
+        self.target = rng.choice(sorted(KILL_PHASES))
+        self.delay = rng.uniform(0.0, KILL_PHASES[self.target])
+        argv = [sys.executable, __file__, "--cycle-child", str(rng.randrange(1 << 32)),
+                "--scenario", args.scenario, "--accel", args.accel]  # fmt: skip
+        self.log_path = log_dir / f"cycle-{index:04d}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = lifetime.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+        self.phase = "start"
+        self.swept: tuple[int, int] | None = None
+        self.run_dir: Path | None = None
+
+    def run(self, on_swept: Callable[[], None]) -> Killed | None:
+        """Follow the child, kill it at the drawn moment; what it left, or None if it finished."""
+        assert self.proc.stdout is not None
+        kill_at: float | None = None
+        snapshot: Killed | None = None
+        pending = _line_queue(self.proc.stdout)
+        limit = time.monotonic() + CYCLE_LIMIT
+        while True:
+            wait = (kill_at if kill_at is not None else limit) - time.monotonic()
+            try:
+                line = pending.get(timeout=max(wait, 0.0))
+            except queue.Empty:
+                if kill_at is None:
+                    raise RuntimeError(f"cycle {self.index}: child stuck in {self.phase}") from None
+                return self._kill(snapshot or self._snapshot())
+            if line is None:
+                self.proc.wait()
+                return None
+            word, _, rest = line.partition(" ")
+            if word == "swept":
+                removed, killed = map(int, rest.split())
+                self.swept = (removed, killed)
+                on_swept()
+            elif word == "rundir":
+                self.run_dir = Path(rest)
+            elif word in ("phase", "done"):
+                self.phase = rest if word == "phase" else "exit"
+                if rest == self.target and kill_at is None:
+                    kill_at = time.monotonic() + self.delay
+                    if self.delay < 0.2:  # no time to read /proc at the kill: now
+                        snapshot = self._snapshot()
+                if snapshot is not None:
+                    snapshot.phase = self.phase
+
+    def _snapshot(self) -> Killed:
+        """The child's processes, their listening ports and its run directories, now."""
+        procs = descendants(self.proc.pid)
+        ports = sorted({s.local_port for p in procs for s in listening_sockets(p)})
+        dirs = dirs_owned_by(self.proc.pid)
+        if self.run_dir is not None and self.run_dir not in dirs:
+            dirs.append(self.run_dir)
+        return Killed(self.index, self.phase, procs, ports, dirs)
+
+    def _kill(self, snapshot: Killed) -> Killed:
+        """SIGKILL the child; how long until its processes are gone and their ports closed."""
+        self.proc.kill()
+        start = time.monotonic()
+        self.proc.wait()
+        while time.monotonic() - start < 10.0:
+            listening = {s.local_port for s in tcp_sockets() if s.state == "LISTEN"}
+            if not any(process_alive(p) for p in snapshot.processes) and not (
+                listening & set(snapshot.ports)
+            ):
+                break
+            time.sleep(0.005)
+        snapshot.gone_s = time.monotonic() - start if snapshot.processes else None
+        return snapshot
+
+
+def kill_soak(args: argparse.Namespace, rng: random.Random, log: Callable[[str], None]) -> int:
+    """``--kill-harness``: SIGKILL a child harness per cycle; count leaks after each sweep."""
+    log_dir = new_artifacts_dir("soak-kill", artifacts_root() / "soak")
+    log(f"child logs in {log_dir}")
+    kills: collections.Counter[str] = collections.Counter()
+    leaks: collections.Counter[str] = collections.Counter()
+    deaths: list[float] = []
+    swept_dirs = swept_qemus = failed = 0
+    previous: Killed | None = None
+    for index in range(args.cycles):
+        cycle = KillCycle(index, args, rng, log_dir)
+        checked: dict[str, int] = {}
+
+        def check_previous(prev: Killed | None = previous, out: dict[str, int] = checked) -> None:
+            if prev is not None:
+                out.update(prev.leaks())
+
+        killed = cycle.run(check_previous)
+        if cycle.swept is not None:
+            swept_dirs += cycle.swept[0]
+            swept_qemus += cycle.swept[1]
+        if previous is not None:
+            if not checked:  # the child died before its sweep: check after our own
+                sweep(log=log)
+                checked = previous.leaks()
+            leaks.update(checked)
+            if any(checked.values()):
+                log(f"cycle {previous.index}: LEFT BEHIND after the sweep: {checked}")
+        if killed is None:
+            kills["not reached (cycle finished)"] += 1
+            failed += cycle.proc.returncode != 0
+            # a cycle that finished cleans up after itself, no sweep needed
+            left = Killed(index, "finished", [], [], dirs_owned_by(cycle.proc.pid))
+            if cycle.run_dir is not None and cycle.run_dir not in left.dirs:
+                left.dirs.append(cycle.run_dir)
+            leaks.update(left.leaks())
+            mark = "ok" if cycle.proc.returncode == 0 else f"FAILED (see {cycle.log_path})"
+            log(f"cycle {index}: kill aimed at {cycle.target}+{cycle.delay:.1f}s not reached;"
+                f" child exited {cycle.proc.returncode} [{mark}]")  # fmt: skip
+            previous = None
+            continue
+        kills[killed.phase] += 1
+        if killed.gone_s is not None:
+            deaths.append(killed.gone_s)
+        gone = f"{killed.gone_s:.3f}s" if killed.gone_s is not None else "-"
+        log(f"cycle {index}: harness SIGKILLed in {killed.phase} (aimed {cycle.target}"
+            f"+{cycle.delay:.1f}s); {len(killed.processes)} child processes gone after {gone},"
+            f" {len(killed.dirs)} run dirs left for the sweep")  # fmt: skip
+        previous = killed
+    if previous is not None:  # the last kill: the next harness start is this sweep
+        swept = sweep(log=log)
+        swept_dirs += len(swept.removed)
+        swept_qemus += len(swept.killed)
+        leaks.update(previous.leaks())
+    print(f"cycles: {args.cycles} cycles")
+    for phase in ("boot", "scenario", "teardown", "exit"):
+        print(f"kills[{phase}]: {kills[phase]} kills")
+    print(f"kills_not_reached: {kills['not reached (cycle finished)']} cycles")
+    print(f"finished_cycles_failed: {failed} cycles")
+    if deaths:
+        print(f"qemu_gone_after_kill_max: {max(deaths):.3f} s")
+        print(f"qemu_gone_after_kill_median: {statistics.median(deaths):.3f} s")
+    print(f"qemu_slower_than_{DEATH_BOUND:g}s: {sum(d > DEATH_BOUND for d in deaths)} kills")
+    print(f"swept_dirs: {swept_dirs} dirs")
+    print(f"swept_qemus: {swept_qemus} processes")
+    for name, unit in (("processes", "processes"), ("ports", "ports"), ("dirs", "dirs"),
+                       ("key_files", "files")):  # fmt: skip
+        print(f"leaked_{name}: {leaks[name]} {unit}")
+    bad = failed or any(leaks.values()) or any(d > DEATH_BOUND for d in deaths)
+    return 1 if bad else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=10)
@@ -232,7 +494,13 @@ def main() -> int:
                         help="a registered x86_64 scenario, or 'roundtrip'")  # fmt: skip
     parser.add_argument("--fault-rate", type=float, default=0.7)
     parser.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    parser.add_argument("--kill-harness", action="store_true",
+                        help="SIGKILL the harness (one child per cycle), not QEMU")  # fmt: skip
+    parser.add_argument("--cycle-child", type=int, metavar="SEED", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cycle_child is not None:
+        return child_cycle(args)
+    sweep()  # a harness start: what killed runs left
     seed = args.seed if args.seed is not None else secrets.randbits(32)
     print(f"seed: {seed}", flush=True)
     rng = random.Random(seed)
@@ -242,6 +510,9 @@ def main() -> int:
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
+
+    if args.kill_harness:
+        return kill_soak(args, rng, log)
 
     cycles: list[Cycle] = []
     fds = threads = 0

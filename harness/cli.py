@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness {images,boot,run,repro}``.
+"""Command line: ``python -m harness {images,boot,run,tier3,repro,qualify,sweep,fleet}``.
 
 Each subcommand lives in its own module exposing ``configure(parser)`` and
 ``run(args) -> int``; this module only dispatches and turns ``HarnessError`` into a
@@ -19,9 +19,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "images": ("harness.images.command", "build or locate guest kernels and root filesystems"),
     "boot": ("harness.commands.boot", "boot a guest with a vIOMMU and print how to reach it"),
     "run": ("harness.commands.run", "run one scenario and print its verdict"),
-    "tier3": ("harness.tier3.command", "QEMU's own nesting: host checks, passthrough boot and run"),
+    "tier3": ("harness.commands.tier3", "QEMU's own nesting: host checks, passthrough boot, run"),
     "repro": ("harness.commands.repro", "boot a failed run's configuration from its repro bundle"),
     "qualify": ("harness.commands.qualify", "run the avocado qualification job over a matrix"),
+    "sweep": ("harness.commands.sweep", "remove QEMUs and run directories that killed runs left"),
+    "kselftest": (
+        "harness.commands.kselftest",
+        "run the kernel's iommu and VFIO selftests in guests",
+    ),
+    "rings": ("harness.commands.rings", "print a running guest's vIOMMU queues, read over QMP"),
+    "fleet": ("harness.commands.fleet", "hosts on Dask for qualify --fleet: probe, deploy"),
 }
 
 
@@ -45,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from harness.qemu.rundir import sweep
+
+    args.swept = sweep()  # every start: what a killed run left (one line when anything)
     try:
         status: int = args._handler(args)
         return status

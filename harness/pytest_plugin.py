@@ -46,6 +46,7 @@ MARKERS = {
     "arm64": "arm64 guest",
     "slow": "takes more than a minute",
     "kconfig": "kconfig(*OPTIONS): skip unless the guest kernel has CONFIG_<OPTION>=y/m",
+    "kernel_reports_expected": "the test makes the guest kernel report (WARN, stall) on purpose",
 }
 ARCHES = ("x86_64", "arm64")
 VIOMMUS = ("vtd", "smmuv3")
@@ -102,8 +103,31 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """pytest-xdist: every worker uses the controller's seed."""
+    """pytest-xdist: every worker uses the controller's seed and dies with the controller."""
+    from harness.qemu.lifetime import identity
+
     node.workerinput["viommu_seed"] = node.config.stash[_SEED_KEY]
+    node.workerinput["viommu_owner"] = str(identity())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Sweep what killed runs left (controller only); an xdist worker follows its controller.
+
+    The sweep touches only run directories whose owner is dead, never a live worker's.
+    """
+    config = session.config
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        if owner := workerinput.get("viommu_owner"):
+            from harness.qemu.lifetime import ProcessId, follow_owner
+
+            follow_owner(ProcessId.parse(owner))
+        return
+    from harness.qemu.rundir import sweep
+
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    sweep(log=reporter.write_line if reporter is not None else None)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -191,7 +215,7 @@ def kvm_skip_reason(arch: str, accel: str) -> str | None:
     """Why ``accel`` cannot be used for an ``arch`` guest on this host, or None."""
     if accel != "kvm":
         return None
-    from harness.images.arches import host_arch
+    from harness.host import host_arch
     from harness.qemu import accel as accel_mod
 
     if host_arch() != arch:
@@ -420,7 +444,7 @@ def host_device(request: pytest.FixtureRequest) -> str:
 
 def _keep(config: pytest.Config, guests: list[Any]) -> None:
     """Leave a failed test's guests running until Ctrl-C, printing how to attach."""
-    from harness.repro import keep_alive
+    from harness.replay import keep_alive
 
     live = [g for g in guests if g.vm.health().cause is None]
     if not live:
@@ -448,10 +472,15 @@ def _plan(
 ) -> _BootPlan:
     """Image, machine and binary for a test guest; skips name what is missing."""
     from harness import images
-    from harness.errors import HarnessError
-    from harness.images.errors import PrerequisiteError
+    from harness.errors import PrerequisiteError
     from harness.profiles import guest_machine, make_viommu
-    from harness.qemu.probe import MissingCapabilityError, probe, require_properties, resolve_binary
+    from harness.qemu.probe import (
+        MissingCapabilityError,
+        QemuNotFoundError,
+        probe,
+        require_properties,
+        resolve_binary,
+    )
 
     accel = machine_options.pop("accel", config.getoption("--accel"))
     if reason := kvm_skip_reason(arch, accel):
@@ -459,7 +488,7 @@ def _plan(
     viommu_desc = make_viommu(viommu, viommu_options)
     try:
         binary = resolve_binary(arch, qemu_for(config.getoption("qemu") or [], arch))
-    except HarnessError as exc:
+    except QemuNotFoundError as exc:
         pytest.skip(str(exc))
     try:
         image = images.ensure(arch)
@@ -532,13 +561,37 @@ def boot_guest(request: pytest.FixtureRequest) -> Iterator[BootGuest]:
         finally:
             with contextlib.suppress(Exception):
                 run.record = _record(plan, guest, label)
+        marks.append((guest, guest.call("system.dmesg_mark", timeout=15)))
         return guest
 
+    marks: list[tuple[Any, str]] = []
     yield boot
     if config.getoption("--keep-on-failure") and _failed(item):
         _keep(config, [g for g, _, _ in started])
-    for guest, _, _ in reversed(started):
-        guest.close()
+    try:
+        _check_kernel_health(item, marks)
+    finally:
+        for guest, _, _ in reversed(started):
+            guest.close()
+
+
+def _check_kernel_health(item: pytest.Item, marks: Sequence[tuple[Any, str]]) -> None:
+    """Fail the test if a live guest's kernel logged a WARN/BUG/Oops/sanitizer/stall report
+    since the test got it (``harness.klog``); ``@pytest.mark.kernel_reports_expected`` opts
+    out (tests that make the kernel report on purpose)."""
+    from harness.scenarios.runner import kernel_health
+
+    if item.get_closest_marker("kernel_reports_expected") or _failed(item):
+        return
+    problems = []
+    for guest, mark in marks:
+        if guest.agent is None or guest.vm.health().cause or guest.vm.stall():
+            continue  # a guest the test ended on purpose: nothing to read
+        row = kernel_health(guest, mark)
+        if not row.ok:
+            problems.append(f"{guest.vm.name}: {row.got} ({row.note})")
+    if problems:
+        pytest.fail("guest kernel reported a problem during the test: " + "; ".join(problems))
 
 
 class GuestPool:
@@ -591,11 +644,12 @@ def guest_pool() -> Iterator[GuestPool]:
 
 
 @pytest.fixture
-def shared_guest(request: pytest.FixtureRequest, guest_pool: GuestPool) -> BootGuest:
+def shared_guest(request: pytest.FixtureRequest, guest_pool: GuestPool) -> Iterator[BootGuest]:
     """Factory like ``boot_guest``, but the guest is shared by every test of the session
     asking for the same machine: only for tests that leave no state behind."""
     config = request.config
     item = request.node
+    marks: list[tuple[Any, str]] = []
 
     def get(
         arch: str,
@@ -609,9 +663,11 @@ def shared_guest(request: pytest.FixtureRequest, guest_pool: GuestPool) -> BootG
         label = name or f"shared-{arch}-{viommu or 'none'}"
         guest, run = guest_pool.get(plan, label)
         _register(item, run)
+        marks.append((guest, guest.call("system.dmesg_mark", timeout=15)))
         return guest
 
-    return get
+    yield get
+    _check_kernel_health(item, marks)
 
 
 RunRegistered = Callable[..., Any]
@@ -634,9 +690,8 @@ def run_registered(request: pytest.FixtureRequest) -> RunRegistered:
         viommu_options: Mapping[str, Any] | None = None,
         seed: int | None = None,
     ) -> Any:
-        from harness.errors import HarnessError
-        from harness.images.errors import PrerequisiteError
-        from harness.qemu.probe import MissingCapabilityError, resolve_binary
+        from harness.errors import PrerequisiteError
+        from harness.qemu.probe import MissingCapabilityError, QemuNotFoundError, resolve_binary
         from harness.repro import BUNDLE_FILE
         from harness.scenarios.base import get
         from harness.scenarios.runner import run_scenario
@@ -649,7 +704,7 @@ def run_registered(request: pytest.FixtureRequest) -> RunRegistered:
         qemu = qemu_for(config.getoption("qemu") or [], arch)
         try:
             resolve_binary(arch, qemu)
-        except HarnessError as exc:
+        except QemuNotFoundError as exc:
             pytest.skip(str(exc))
         directory = _unique_subdir(artifacts_dir_of(item), f"{name}-{arch}")
         record = GuestRun(f"{name}-{arch}", directory)

@@ -97,12 +97,21 @@ def listening_sockets(pid: int) -> list[TcpSocket]:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
+    """Whether ``pid`` exists and is not a zombie whose threads have all exited.
+
+    A killed multi-threaded process (QEMU) shows its leader as a zombie while its other
+    threads still exit, holding its files and sockets: it counts as alive until they have.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    if stat.rpartition(")")[2].split()[0] != "Z":
+        return True
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def processes_mentioning(text: str) -> list[int]:

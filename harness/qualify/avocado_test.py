@@ -76,10 +76,12 @@ def _publish(test: Any, info: dict[str, Any]) -> None:
 def run_variant(test: Any) -> None:
     """Run the variant in ``test.params["variant"]``; fail / cancel ``test`` accordingly."""
     from harness.images.errors import PrerequisiteError
+    from harness.qemu.lifetime import follow_env_owner
     from harness.qemu.probe import MissingCapabilityError
     from harness.repro import BUNDLE_FILE
     from harness.scenarios.runner import run_scenario
 
+    follow_env_owner()  # the job dies (even by SIGKILL): this test, its runner and QEMU too
     variant = Variant.from_json(json.loads(test.params.get("variant")))
     artifacts = Path(test.logdir) / ARTIFACTS
     info: dict[str, Any] = {"variant": variant.to_json(), "artifacts": str(artifacts)}

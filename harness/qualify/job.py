@@ -17,6 +17,8 @@ from typing import Any
 
 import harness
 from harness.errors import ConfigError
+from harness.qemu.lifetime import owner_environment
+from harness.qemu.rundir import sweep
 from harness.qualify.matrix import Variant
 
 WRAPPER = Path("tests") / "qualification" / "avocado_scenarios.py"
@@ -59,11 +61,17 @@ class JobOutcome:
 
 
 def run_job(variants: Sequence[Variant], results_dir: Path, *, parallel: int = 1) -> JobOutcome:
-    """Run the avocado job; avocado prints its own progress."""
+    """Run the avocado job; avocado prints its own progress.
+
+    Sweeps what killed runs left first.  The test processes (avocado runner -> test) are
+    told this process is their owner (``$VIOMMU_HARNESS_OWNER``): if it dies, even by
+    SIGKILL, they kill themselves and their QEMUs (``lifetime.follow_owner``).
+    """
     from avocado.core.job import Job
 
+    sweep()
     results_dir.mkdir(parents=True, exist_ok=True)
     config = job_config(variants, results_dir, parallel=parallel)
-    with Job.from_config(job_config=config) as job:
+    with owner_environment(), Job.from_config(job_config=config) as job:
         status = int(job.run())
         return JobOutcome(status, Path(job.logdir))
