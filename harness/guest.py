@@ -7,7 +7,10 @@ tears everything down, whatever happened in between.
 Every failure that ends the guest's usefulness (``MachineError``, ``AgentUnreachableError``,
 ``AgentConnectionLostError``) says its cause on its first line and ends that line with
 ``[artifacts: DIR]``.  Timeouts: ``boot_timeout`` (ready marker; 180 s TCG / 60 s KVM),
-``ssh_timeout`` (120 s), ``hang_timeout`` (30 s stopped or paused), each call's own.
+``ssh_timeout`` (120 s), ``hang_timeout`` (30 s stopped, paused, or wedged: an RCU
+stall or soft lockup on the console while QEMU idles), each call's own.  A hang fails
+whatever waits on the guest (boot, SSH, agent call, command) at the hang timeout, naming
+its cause on the first line.
 """
 
 from __future__ import annotations
@@ -147,11 +150,12 @@ class Guest:
         with self._located():
             return self.agent.call(method, timeout=timeout, **params)
 
-    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
+    def run(self, command: str, timeout: float = 120.0, **options: Any) -> CommandResult:
+        """Run a shell command in the guest (``options``: ``Agent.run``'s on_output, pty)."""
         if self.agent is None:
             raise AgentError("guest agent is not connected")
         with self._located():
-            return self.agent.run(command, timeout)
+            return self.agent.run(command, timeout, **options)
 
     def ssh_command(self) -> str:
         """How a human attaches to this guest."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.images.arches import host_arch as images_host_arch
+from harness.host import host_arch as this_host_arch
 from harness.qemu.description import (
     Edu,
     IntelIommu,
@@ -41,6 +41,9 @@ class RunEndpoints:
     authorized_keys: Path | None = None
     ssh_port: int | None = None
     host_key: Path | None = None
+    #: a second QMP monitor and an HMP one for people and tools outside the harness
+    user_qmp_socket: Path | None = None
+    hmp_socket: Path | None = None
 
 
 def _prop(value: Any) -> str:
@@ -58,7 +61,7 @@ def resolved_accel(machine: Machine, kvm_usable: bool, host_arch: str | None = N
 
     KVM accelerates guests of the host's own architecture only.
     """
-    host = host_arch or images_host_arch()
+    host = host_arch or this_host_arch()
     if machine.accel == "auto":
         return "kvm" if kvm_usable and machine.arch == host else "tcg"
     if machine.accel == "kvm" and machine.arch != host:
@@ -84,6 +87,10 @@ def build_argv(
     argv += ["-append", append]
     argv += ["-chardev", f"file,id=console0,path={run.console_log}", "-serial", "chardev:console0"]
     argv += ["-qmp", f"unix:{run.qmp_socket},server=on,wait=off"]
+    for sock, mode in ((run.user_qmp_socket, "control"), (run.hmp_socket, "readline")):
+        if sock is not None:
+            argv += ["-chardev", f"socket,id=mon-{mode},path={sock},server=on,wait=off"]
+            argv += ["-mon", f"chardev=mon-{mode},mode={mode}"]
     argv += ["-D", str(run.qemu_log), "-msg", "timestamp=on"]
     if run.authorized_keys is not None:
         argv += ["-fw_cfg", f"name={AUTHORIZED_KEYS_FW_CFG},file={run.authorized_keys}"]
@@ -96,9 +103,25 @@ def build_argv(
     return argv
 
 
+#: ``-accel`` for x86_64 guests under TCG: single-threaded (round-robin) TCG.  Why (issue
+#: 19): x86_64 guests under multi-threaded TCG (one host thread per vCPU) were seen to stop
+#: taking interrupts on a vCPU — RCU stall "rcu_sched kthread timer wakeup didn't happen",
+#: a CPU waiting on a cross-CPU TLB-flush IPI, then QEMU idle.  TCG offers no TSC-deadline
+#: timer (the guest's LAPIC timer runs one-shot), so ``-tsc-deadline`` does not apply;
+#: the suspect left is timer and IPI delivery to a vCPU halting in another host thread, a
+#: race that one thread running every vCPU cannot have.  Not reproduced here (0 stalls in
+#: 120 MTTCG boots of bench/timer_stall.py): this removes the suspected class of race, not
+#: a proven cause.  It is also faster on a busy 2-core host (agent ready 4.1 s against
+#: 5.0 s, 8 boots each); ``--qemu-arg=-accel --qemu-arg=tcg`` there gives MTTCG back, to
+#: compare.  arm64 keeps MTTCG.
+X86_TCG_ACCEL = "tcg,thread=single"
+
+
 def _machine_args(machine: Machine, accel: str) -> list[str]:
     viommu = machine.viommu
     if machine.arch == "x86_64":
+        if accel == "tcg":
+            accel = X86_TCG_ACCEL
         opts = ["q35"]
         if accel == "kvm" and isinstance(viommu, IntelIommu):
             opts.append("kernel-irqchip=split")
@@ -108,6 +131,8 @@ def _machine_args(machine: Machine, accel: str) -> list[str]:
         if isinstance(viommu, SmmuV3) and not viommu.device:
             opts.append("iommu=smmuv3")
         cpu = machine.cpu or "max,pauth-impdef=on"
+    if "-accel" in machine.extra_args:  # the description's own -accel options win
+        return ["-machine", ",".join(opts), "-cpu", cpu]
     return ["-machine", ",".join(opts), "-accel", accel, "-cpu", cpu]
 
 
@@ -147,6 +172,8 @@ def _device_args(machine: Machine, dev: object, run: RunEndpoints) -> list[str]:
         if dev.dma_mask is not None:
             props["dma_mask"] = hex(dev.dma_mask)
         return ["-device", _device("edu", props)]
+    if hasattr(dev, "qemu_devices"):  # descriptions that say their own -device list
+        return [a for drv, props in dev.qemu_devices() for a in ("-device", _device(drv, props))]
     if isinstance(dev, VfioPci):
         if dev.backend == "iommufd":
             return [

@@ -13,12 +13,21 @@ Bounds (defaults; all configurable per machine):
   (QMP ``stop``) — is reported as ``hung`` once that has lasted ``hang_timeout`` (30 s),
   to whoever waits on it (``health(include_hang=True)``: agent calls, QMP commands, the
   ready and SSH waits); a guest kept alive for poking may stay paused;
+- a *wedged* guest — its console shows an RCU stall, a soft or hard lockup or a hung
+  task (``harness.klog.STALL_KINDS``) and its QEMU has gone idle (at most
+  ``IDLE_CPU_FRACTION`` of a CPU over the idle window: ``hang_timeout`` clamped to
+  3-5 s) — is ``hung`` with that cause once QEMU has idled for the longer of the idle
+  window and ``hang_timeout``, whatever the waiter's own timeout;
+- under KVM, a guest that has not printed one console byte within
+  ``kvm_silence_timeout`` (10 s) is not going to boot: with ``accel=auto`` the launch
+  falls back to TCG (see ``launch``);
 - teardown takes at most ``3 * teardown_grace + 10`` s (19 s): ``quit``, SIGTERM and
   SIGKILL each get their wait; a stopped QEMU is continued first so ``quit`` works.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -28,14 +37,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from harness import klog
 from harness.errors import HarnessError
 from harness.qemu import accel as accel_mod
-from harness.qemu.argv import RunEndpoints, build_argv, resolved_accel
+from harness.qemu import lifetime
+from harness.qemu.argv import RunEndpoints, build_argv
 from harness.qemu.description import Machine, UserNic
 from harness.qemu.qmp import QmpError, QmpSession
 from harness.qemu.rundir import free_loopback_port, private_run_dir, remove_run_dir
@@ -47,6 +59,25 @@ PANIC_PATTERNS = (
 KVM_INTERNAL_ERROR = re.compile(r"KVM internal error.*")
 HOSTFWD_ERROR = re.compile(r"Could not set up host forwarding rule")
 STOPPED_BY_SIGNAL = "the QEMU process is stopped"
+#: how a wedged guest's stall reason starts (see ``QemuMachine._wedged``)
+WEDGED = "the guest is wedged"
+#: how the stall kinds of ``harness.klog`` are named in a hang's cause
+STALL_NAMES = {
+    "rcu-stall": "RCU stall",
+    "soft-lockup": "soft lockup",
+    "hard-lockup": "hard lockup",
+    "hung-task": "hung task",
+}
+_LOG_STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
+#: QEMU is idle when it used at most this fraction of one host CPU over the idle window.
+#: Measured on a 2-core 2.6 GHz host: an idle but healthy x86_64 VT-d TCG guest (agent
+#: connected, nothing running) keeps QEMU at 1.6-2.0 %; a paused one at 0-0.3 %.
+IDLE_CPU_FRACTION = 0.005
+#: seconds of QEMU CPU time history the idle verdict looks at: ``hang_timeout`` when
+#: shorter, but never under ``MIN_IDLE_WINDOW`` (CPU time counts in 10 ms ticks)
+IDLE_WINDOW = 5.0
+MIN_IDLE_WINDOW = 3.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: QMP SHUTDOWN reasons, as a person would say them
 SHUTDOWN_REASONS = {
     "host-qmp-quit": "'quit' over QMP",
@@ -80,6 +111,33 @@ class KvmInternalError(MachineError):
     """QEMU stopped the guest with a KVM internal error (an unusable KVM)."""
 
 
+def lockup_signature(console: str) -> tuple[str, str] | None:
+    """The first stall report in ``console`` (``harness.klog.stalls``) as ``(kind, line)``.
+
+    ``kind`` as a person says it ("RCU stall"), ``line`` without its timestamp; None when
+    the console shows no RCU stall, soft or hard lockup or hung task.
+    """
+    found = klog.stalls(console)
+    if not found:
+        return None
+    first = found[0]
+    return STALL_NAMES.get(first.kind, first.kind), _LOG_STAMP.sub("", first.first_line)
+
+
+def cpu_used(samples: Sequence[tuple[float, float]], window: float) -> float | None:
+    """CPU seconds used over the last ``window`` s of ``(when, cpu_seconds)`` samples.
+
+    None while the samples span less than ``window``.
+    """
+    if not samples:
+        return None
+    last_when, last_cpu = samples[-1]
+    for when, cpu in reversed(samples):
+        if last_when - when >= window:
+            return last_cpu - cpu
+    return None
+
+
 @dataclass(frozen=True)
 class MachineHealth:
     """Why a machine is no longer usable, or ``None`` fields when it is fine."""
@@ -104,12 +162,15 @@ class QemuMachine:
         hang_timeout: float | None = 30.0,
         teardown_grace: float = 3.0,
         host_key: Path | None = None,
+        kvm_silence_timeout: float = 10.0,
     ) -> None:
         self.machine = machine
         #: a private host key file the guest's sshd is to use (fw_cfg), or None
         self.host_key = host_key
         #: how long QEMU may stay stopped / the VM paused before ``health()`` says "hung"
         self.hang_timeout = hang_timeout
+        #: seconds a KVM guest may stay silent on its console before it counts as not booting
+        self.kvm_silence_timeout = kvm_silence_timeout
         #: the wait given to each teardown step (quit, SIGTERM, SIGKILL)
         self.teardown_grace = teardown_grace
         #: seconds the last teardown took (``None`` before the first)
@@ -129,6 +190,11 @@ class QemuMachine:
         self._stderr: Any = None
         self._health: MachineHealth = MachineHealth(None)
         self._stall: tuple[str, float] | None = None
+        #: (monotonic time, QEMU's CPU seconds) over the last idle window, oldest first
+        self._cpu_samples: collections.deque[tuple[float, float]] = collections.deque()
+        self._cpu_lock = threading.Lock()
+        #: (console size, its lockup signature) of the last scan
+        self._lockup_scan: tuple[int, tuple[str, str] | None] | None = None
         self._qmp_lost_at: float | None = None
         self._watch: threading.Thread | None = None
         self._closed = False
@@ -165,6 +231,16 @@ class QemuMachine:
     def qmp_socket(self) -> Path:
         return self.run_dir / "qmp.sock"
 
+    @property
+    def user_qmp_socket(self) -> Path:
+        """A second QMP monitor, free for people and tools outside the harness."""
+        return self.run_dir / "qmp-user.sock"
+
+    @property
+    def hmp_socket(self) -> Path:
+        """The human monitor (HMP), free for people outside the harness."""
+        return self.run_dir / "hmp.sock"
+
     def _endpoints(self) -> RunEndpoints:
         keys = None
         if self.authorized_key is not None:
@@ -179,11 +255,23 @@ class QemuMachine:
             authorized_keys=keys,
             ssh_port=self.ssh_port if has_nic else None,
             host_key=self.host_key,
+            user_qmp_socket=self.user_qmp_socket,
+            hmp_socket=self.hmp_socket,
         )
 
     def launch(self, ready_timeout: float | None = None) -> None:
-        """Start QEMU (resolving ``accel=auto``) and, with a ready marker, wait for it."""
-        accel = resolved_accel(self.machine, accel_mod.kvm_verdict(self.machine.arch) is not False)
+        """Start QEMU and, with a ready marker, wait for it.
+
+        The accelerator comes from ``accel.choose_accel`` (KvmAccessError for ``kvm`` when
+        this user cannot open ``/dev/kvm``; ``auto`` says in one line why it uses TCG).  A
+        guest that does not come up under KVM picked by ``auto`` — a KVM error, or no
+        console byte within ``kvm_silence_timeout`` — is stopped, the verdict remembered,
+        and the launch goes on under TCG, saying so in one line.
+        """
+        choice = accel_mod.choose_accel(self.machine)
+        if choice.note is not None:
+            self._log(choice.note)
+        accel = choice.accel
         for attempt in range(3):
             self.ssh_port = free_loopback_port()
             try:
@@ -194,18 +282,18 @@ class QemuMachine:
                     self._wait_qmp()
                 break
             except MachineError as exc:
-                if not (accel == "kvm" and self.machine.accel == "auto"):
-                    if attempt < 2 and HOSTFWD_ERROR.search(self._stderr_text()):
-                        self._log(f"port {self.ssh_port} was taken; retrying with another")
-                        self._stop_process()
-                        continue
+                if attempt < 2 and HOSTFWD_ERROR.search(self._stderr_text()):
+                    self._log(f"port {self.ssh_port} was taken; retrying with another")
+                    self._stop_process()
+                    continue
+                if not (accel == "kvm" and choice.fallback):
                     raise
-                # auto: a guest that does not come up under KVM means KVM is unusable here
+                # a guest that does not come up under KVM means KVM is unusable here
                 accel_mod.record_kvm_verdict(self.machine.arch, usable=False, reason=exc.cause)
-                self._log(f"warning: KVM unusable ({exc.cause}); falling back to TCG")
+                self._log(f"KVM unusable ({exc.cause}); falling back to TCG")
                 self._stop_process()
                 accel = "tcg"
-        if accel == "kvm" and self.machine.accel == "auto" and self.ready_marker is not None:
+        if accel == "kvm" and choice.fallback and self.ready_marker is not None:
             accel_mod.record_kvm_verdict(self.machine.arch, usable=True, reason="guest booted")
 
     def _start(self, accel: str) -> None:
@@ -221,10 +309,14 @@ class QemuMachine:
         self._stderr = open(self.stderr_log, "wb")  # noqa: SIM115 - closed in _stop_process
         self._health = MachineHealth(None)
         self._stall = None
+        with self._cpu_lock:
+            self._cpu_samples.clear()
+        self._lockup_scan = None
         self._qmp_lost_at = None
         self._log(f"starting {Path(self.argv[0]).name} ({accel}); artifacts in {self.artifacts}")
         try:
-            self._proc = subprocess.Popen(
+            # dies with this process even when it is SIGKILLed (parent-death signal)
+            self._proc = lifetime.popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=self._stderr,
@@ -259,7 +351,7 @@ class QemuMachine:
         if (cause := self._exited()) is not None:
             return cause
         stall = self.stall()
-        if stall is not None and stall[0].startswith(STOPPED_BY_SIGNAL):
+        if stall is not None and stall[0].startswith((STOPPED_BY_SIGNAL, WEDGED)):
             return self._hung(stall)
         return None
 
@@ -285,9 +377,66 @@ class QemuMachine:
                 last = None
         return last
 
+    def _cpu_seconds(self) -> float | None:
+        """QEMU's user + system CPU time so far (all its threads), None when unknown."""
+        if self._proc is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self._proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def _idle_window(self) -> float:
+        return max(MIN_IDLE_WINDOW, min(IDLE_WINDOW, self.hang_timeout or IDLE_WINDOW))
+
+    def _sample_cpu(self, now: float) -> float | None:
+        """Record QEMU's CPU time; the CPU seconds used over the idle window, if known."""
+        window = self._idle_window()
+        with self._cpu_lock:
+            samples = self._cpu_samples
+            if not samples or now - samples[-1][0] >= 0.05:
+                cpu = self._cpu_seconds()
+                if cpu is None:
+                    return None
+                samples.append((now, cpu))
+            while len(samples) > 2 and now - samples[1][0] >= window:
+                samples.popleft()
+            return cpu_used(samples, window)
+
+    def _console_lockup(self) -> tuple[str, str] | None:
+        """``lockup_signature`` of the console's last 64 KiB, rescanned only when it grew."""
+        size = self._console_size()
+        if self._lockup_scan is None or self._lockup_scan[0] != size:
+            found = lockup_signature(self.console_text(tail_bytes=64 * 1024))
+            self._lockup_scan = (size, found)
+        return self._lockup_scan[1]
+
+    def _wedged(self, now: float) -> tuple[str, float] | None:
+        """``(reason, since)`` when the console shows a lockup and QEMU has gone idle."""
+        window = self._idle_window()
+        used = self._sample_cpu(now)
+        if used is None or used > IDLE_CPU_FRACTION * window:
+            return None
+        signature = self._console_lockup()
+        if signature is None:
+            return None
+        kind, line = signature
+        idle = f"QEMU idle ({used:.2f}s CPU in {window:g}s)"
+        return f"{WEDGED}: {kind} on the console ({line!r}) and {idle}", now - window
+
     def stall(self) -> tuple[str, float] | None:
-        """``(reason, since)`` while the guest is not running though QEMU is alive."""
+        """``(reason, since)`` while the guest is not running though QEMU is alive.
+
+        In order: wedged (a lockup on the console and QEMU idle), QEMU stopped by a
+        signal, the VM paused.
+        """
         now = time.monotonic()
+        if (wedged := self._wedged(now)) is not None:
+            if self._stall is None or not self._stall[0].startswith(WEDGED):
+                self._stall = wedged
+            return self._stall
         if self._process_state() in ("T", "t"):
             if self._stall is None or not self._stall[0].startswith(STOPPED_BY_SIGNAL):
                 self._stall = (f"{STOPPED_BY_SIGNAL} (SIGSTOP or similar)", now)
@@ -377,12 +526,20 @@ class QemuMachine:
         if self.ready_marker is None:
             raise HarnessError("no ready marker configured for this machine")
         timeout = timeout or (60.0 if self.accel == "kvm" else 180.0)
+        silence = self.kvm_silence_timeout if self.accel == "kvm" else None
         start = time.monotonic()
         while True:
             if self.ready_marker in self.console_text():
                 return time.monotonic() - start
             if self.health(include_hang=True).cause is not None:
                 self._raise_failure("stopped")
+            if silence is not None and time.monotonic() - start > silence:
+                if not self._console_size():
+                    raise MachineError(
+                        f"no console output within {silence:g}s under KVM (not booting)",
+                        self.artifacts,
+                    )
+                silence = None
             if time.monotonic() - start > timeout:
                 raise MachineError(
                     f"no ready marker {self.ready_marker!r} on the console within {timeout:.0f}s",
@@ -399,6 +556,12 @@ class QemuMachine:
                 return f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+
+    def _console_size(self) -> int:
+        try:
+            return self.console_log.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def console_tail(self, lines: int = 25) -> str:
         return "\n".join(self.console_text(tail_bytes=16 * 1024).splitlines()[-lines:])

@@ -52,7 +52,7 @@ def test_x86_base_command_line() -> None:
     argv = build_argv(x86(memory_mb=1024, smp=4, append="quiet"), RUN, "tcg")
     assert argv[0] == "qemu-system-x86_64"
     assert arg_after(argv, "-machine") == ["q35"]
-    assert arg_after(argv, "-accel") == ["tcg"]
+    assert arg_after(argv, "-accel") == ["tcg,thread=single"]  # see argv.X86_TCG_ACCEL
     assert arg_after(argv, "-cpu") == ["max"]
     assert arg_after(argv, "-m") == ["1024M"]
     assert arg_after(argv, "-smp") == ["4"]

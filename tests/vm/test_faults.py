@@ -56,7 +56,6 @@ GuestFactory = Callable[..., Guest]
 def make_guest(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[GuestFactory]:
     """Factory for unstarted guests with the short timeouts above; closes them all."""
     from harness import images
-    from harness.errors import HarnessError
     from harness.images.errors import PrerequisiteError
     from harness.profiles import guest_machine
     from harness.qemu.probe import resolve_binary
@@ -65,10 +64,8 @@ def make_guest(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[
     try:
         binary = resolve_binary("x86_64", None)
         image = images.ensure("x86_64")
-    except PrerequisiteError as exc:
-        pytest.skip(f"cannot build the x86_64 guest image: {exc}")
-    except HarnessError as exc:
-        pytest.skip(str(exc))
+    except PrerequisiteError as exc:  # QemuNotFoundError included
+        pytest.skip(f"cannot boot an x86_64 guest: {exc}")
     made: list[Guest] = []
 
     def make(name: str = "guest", append: str = "", **options: Any) -> Guest:
@@ -363,3 +360,134 @@ def test_healthy_guest_cleans_up(make_guest: GuestFactory) -> None:
     assert_cleaned_up(guest)
     assert guest.vm.last_teardown_s is not None and guest.vm.last_teardown_s < TEARDOWN_GRACE
     assert (guest.artifacts / "dmesg.txt").exists()
+
+
+# -- a wedged guest, and a KVM that runs no guest ----------------------------------------
+
+RCU_STALL_LINE = "rcu: INFO: rcu_sched detected stalls on CPUs/tasks:"
+
+
+def _print_on_console(guest: Guest, line: str, within: float = 10.0) -> None:
+    """Have the guest kernel print ``line`` (via /dev/kmsg) and wait until the console shows it."""
+    guest.run(f"echo '{line}' > /dev/kmsg")
+    deadline = time.monotonic() + within
+    while line not in guest.vm.console_text(tail_bytes=16 * 1024):
+        assert time.monotonic() < deadline, f"{line!r} never reached the console"
+        time.sleep(0.1)
+
+
+def test_wedged_guest_fails_the_waiting_call_naming_the_stall(make_guest: GuestFactory) -> None:
+    """A lockup line on the console and an idle QEMU: the call fails within the hang bound.
+
+    The guest prints a (fake) RCU stall line, then QMP ``stop`` freezes it as a guest
+    whose timers died would be: QEMU idles.  The error's first line names the stall.
+    """
+    guest = make_guest("wedged")
+    guest.start()
+    _print_on_console(guest, RCU_STALL_LINE)
+    assert guest.vm.qmp is not None
+    fired = on_host_later(lambda: guest.vm.qmp and guest.vm.qmp.execute("stop", timeout=10))
+    with pytest.raises(AgentConnectionLostError) as info:
+        guest.call("system.sleep", seconds=120, timeout=60)
+    detected = time.monotonic()
+    assert fired, "the stop never fired"
+    assert detected - fired[0] < HANG_TIMEOUT + SLACK, f"{detected - fired[0]:.1f}s: {info.value}"
+    assert_reported(
+        info.value,
+        r"guest hung: the guest is wedged: RCU stall on the console"
+        rf" \('{re.escape(RCU_STALL_LINE)}'\) and QEMU idle",
+        guest,
+    )
+    assert guest.vm.health(include_hang=True).kind == "hung"
+    assert_cleaned_up(guest)
+
+
+def test_a_stall_line_on_a_running_guest_is_not_a_hang(make_guest: GuestFactory) -> None:
+    """The same line on a guest that keeps running: calls still work (QEMU is not idle
+    enough to call it wedged, even while the guest sleeps through a call)."""
+    guest = make_guest("stall-line-only")
+    guest.start()
+    _print_on_console(guest, RCU_STALL_LINE)
+    seconds = HANG_TIMEOUT * 2
+    assert guest.call("system.sleep", seconds=seconds, timeout=CALL_TIMEOUT + seconds) == seconds
+    assert guest.vm.health(include_hang=True).cause is None
+    assert_cleaned_up(guest)
+
+
+def test_kvm_that_runs_no_guest_falls_back_to_tcg_quickly(
+    request: pytest.FixtureRequest,
+    make_guest: GuestFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """``accel=auto`` on a host whose KVM is not remembered yet: KVM works, or TCG within 15 s.
+
+    With a fresh verdict cache the launch tries KVM.  Where KVM runs guests the guest
+    comes up under it; where it does not (here: /dev/kvm without VMX, the guest prints
+    nothing), the launch falls back to TCG within 15 s, says so in one line and remembers.
+    """
+    from harness.host import host_arch
+    from harness.images.cache import default_root
+    from harness.qemu import accel
+
+    if request.config.getoption("--accel") != "auto":
+        pytest.skip("needs --accel auto")
+    if host_arch() != "x86_64" or (problem := accel.kvm_access_problem()) is not None:
+        pytest.skip(f"no KVM to try for an x86_64 guest: {problem or host_arch()}")
+    monkeypatch.setenv("VIOMMU_IMAGE_CACHE", str(default_root()))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert accel.kvm_verdict("x86_64") is None
+    logged: list[tuple[float, str]] = []
+    guest = make_guest("kvm-fallback", log=lambda msg: logged.append((time.monotonic(), msg)))
+    start = time.monotonic()
+    guest.start()
+    verdict = accel.kvm_verdict("x86_64")
+    if verdict:
+        assert guest.vm.accel == "kvm"
+    else:
+        assert guest.vm.accel == "tcg" and verdict is False
+        fallbacks = [(t, msg) for t, msg in logged if "falling back to TCG" in msg]
+        assert len(fallbacks) == 1, logged
+        when, line = fallbacks[0]
+        assert when - start < 15.0, f"fell back after {when - start:.1f}s: {line}"
+        assert line.startswith("KVM unusable ("), line
+    assert_cleaned_up(guest)
+
+
+def test_silent_kvm_guest_falls_back_to_tcg_within_15s(
+    make_guest: GuestFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A KVM guest that prints nothing, simulated on any host: the KVM attempt is a TCG
+    QEMU whose kernel console is ttyS1, so the console log stays empty.  ``auto`` gives up
+    on it after ``kvm_silence_timeout`` (10 s), says so in one line, remembers, boots TCG."""
+    from harness.images.cache import default_root
+    from harness.qemu import accel
+    from harness.qemu.argv import build_argv as real_argv
+
+    monkeypatch.setenv("VIOMMU_IMAGE_CACHE", str(default_root()))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(accel, "kvm_access_problem", lambda device=None: None)
+    monkeypatch.setattr(accel, "host_arch", lambda: "x86_64")
+
+    def silent_kvm(machine: Any, run: Any, accel_name: str, qemu: str | None = None) -> list[str]:
+        if accel_name != "kvm":
+            return real_argv(machine, run, accel_name, qemu)
+        argv = real_argv(machine, run, "tcg", qemu)
+        at = argv.index("-append") + 1
+        argv[at] = argv[at].replace("console=ttyS0", "console=ttyS1")
+        return argv
+
+    monkeypatch.setattr("harness.qemu.machine.build_argv", silent_kvm)
+    logged: list[tuple[float, str]] = []
+    guest = make_guest("silent-kvm", log=lambda msg: logged.append((time.monotonic(), msg)))
+    start = time.monotonic()
+    guest.start()
+    assert guest.vm.accel == "tcg"
+    fallbacks = [(t, msg) for t, msg in logged if "falling back to TCG" in msg]
+    assert len(fallbacks) == 1, logged
+    when, line = fallbacks[0]
+    assert 10.0 <= when - start < 15.0, f"fell back after {when - start:.1f}s: {line}"
+    expected = "KVM unusable (no console output within 10s under KVM (not booting))"
+    assert line == f"{expected}; falling back to TCG", line
+    assert accel.kvm_verdict("x86_64") is False
+    assert_cleaned_up(guest)
