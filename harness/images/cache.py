@@ -90,6 +90,7 @@ class Cache:
         progress: Progress | None = None,
         *,
         sync_files: bool = True,
+        remove_stale: Callable[[Path], None] | None = None,
     ) -> Path:
         """Return the artifact, building it first if absent.
 
@@ -98,6 +99,9 @@ class Cache:
         interrupted build leaves nothing that :meth:`lookup` accepts. Concurrent callers
         for the same artifact wait for the first one and then reuse its result.
         ``sync_files=False`` (large trees) flushes with one ``sync()`` instead of an fsync per file.
+        Staging directories killed builds left (of this artifact, or of this kind by a
+        process that is gone) are deleted first, by ``remove_stale`` when given (a builder
+        whose leftovers need more than ``rmtree``).
         """
         found = self.lookup(kind, name)
         if found is not None:
@@ -108,8 +112,11 @@ class Cache:
                 return found
             staging_root = self.root / "tmp"
             staging_root.mkdir(parents=True, exist_ok=True)
-            for stale in staging_root.glob(f"{kind}-{name}.*"):
-                shutil.rmtree(stale, ignore_errors=True)
+            for stale in _stale_staging(staging_root, kind, name):
+                if remove_stale is not None:
+                    remove_stale(stale)
+                else:
+                    shutil.rmtree(stale, ignore_errors=True)
             staging = staging_root / f"{kind}-{name}.{os.getpid()}"
             staging.mkdir()
             log = self.log_path(kind, name)
@@ -162,6 +169,27 @@ def read_meta(artifact: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{artifact / META}: not a JSON object")
     return data
+
+
+def _stale_staging(staging_root: Path, kind: str, name: str) -> list[Path]:
+    """Staging directories of ``kind`` no build is using: this artifact's (its lock is
+    held) and other artifacts' whose builder process (the name's ``.<pid>``) is gone."""
+    stale = []
+    for path in sorted(staging_root.glob(f"{kind}-*.*")):
+        artifact, _, pid = path.name.rpartition(".")
+        if artifact == f"{kind}-{name}" or not (pid.isdigit() and _alive(int(pid))):
+            stale.append(path)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _sync_tree(root: Path) -> None:

@@ -1,7 +1,9 @@
 """Uncompressed ``newc`` cpio archives, the format the kernel unpacks as its initramfs.
 
 Written here rather than with cpio(1) so the archive does not depend on the builder's
-uid mapping, needs no device nodes on disk, and lists entries in a stable order.
+uid mapping, needs no device nodes on disk, and lists entries in a stable order.  A tree
+unpacked by an ordinary user from a tarball is archived with the tarball's owners and
+modes (:class:`Recorded`), not the unpacking user's.
 """
 
 from __future__ import annotations
@@ -93,8 +95,28 @@ class Writer:
         self._stream.write(_header(Entry(TRAILER, 0), 0, 0))
 
 
-def tree_entries(root: Path) -> Iterator[Entry]:
-    """Entries for everything under ``root``, parents before children, names sorted."""
+@dataclass(frozen=True)
+class Recorded:
+    """Owner and mode a tree's file really has, kept aside when the file was unpacked.
+
+    ``mode`` is the full ``st_mode`` from the tarball; ``unpacked`` the permission bits the
+    file got on disk. A file whose bits on disk still equal ``unpacked`` is archived with
+    ``mode``; one changed since (by a later step) with its bits on disk.
+    """
+
+    uid: int
+    gid: int
+    mode: int
+    unpacked: int
+
+
+def tree_entries(root: Path, recorded: Mapping[str, Recorded] | None = None) -> Iterator[Entry]:
+    """Entries for everything under ``root``, parents before children, names sorted.
+
+    Without ``recorded``, owners and modes are the files' own. With it, a file listed there
+    (same type) gets its recorded owner and mode, and any other file root's (0:0): the tree
+    was unpacked by an ordinary user and everything added to it since belongs to root.
+    """
     for directory, dirs, files in os.walk(root):
         dirs.sort()
         relative = os.path.relpath(directory, root)
@@ -102,10 +124,15 @@ def tree_entries(root: Path) -> Iterator[Entry]:
         for name in sorted(dirs + files):
             path = Path(directory) / name
             info = path.lstat()
-            mode = info.st_mode
-            base = Entry(
-                prefix + name, mode, uid=info.st_uid, gid=info.st_gid, mtime=int(info.st_mtime)
-            )
+            mode, uid, gid = info.st_mode, info.st_uid, info.st_gid
+            if recorded is not None:
+                uid = gid = 0
+                known = recorded.get(prefix + name)
+                if known is not None and stat.S_IFMT(known.mode) == stat.S_IFMT(mode):
+                    uid, gid = known.uid, known.gid
+                    if stat.S_IMODE(mode) == known.unpacked:
+                        mode = known.mode
+            base = Entry(prefix + name, mode, uid=uid, gid=gid, mtime=int(info.st_mtime))
             if stat.S_ISREG(mode):
                 yield replace(base, source=path, size=info.st_size)
             elif stat.S_ISLNK(mode):
@@ -118,11 +145,19 @@ def tree_entries(root: Path) -> Iterator[Entry]:
             # sockets are left out: nothing can use them from an archive
 
 
-def write_archive(root: Path, output: Path, extra: Iterable[Entry] = ()) -> int:
-    """Archive the tree at ``root`` plus ``extra`` entries not already in it; returns bytes."""
+def write_archive(
+    root: Path,
+    output: Path,
+    extra: Iterable[Entry] = (),
+    recorded: Mapping[str, Recorded] | None = None,
+) -> int:
+    """Archive the tree at ``root`` plus ``extra`` entries not already in it; returns bytes.
+
+    ``recorded``: owners and modes of an unpacked tarball (see :func:`tree_entries`).
+    """
     with output.open("wb") as stream:
         writer = Writer(stream)
-        for entry in tree_entries(root):
+        for entry in tree_entries(root, recorded):
             writer.add(entry)
         for entry in extra:
             if entry.name not in writer.names:

@@ -169,6 +169,7 @@ def ensure(
                 spec, flavor, the_plan.rootfs_name, recipe, staging, log, progress
             ),
             progress,
+            remove_stale=rootfs_recipe.remove_staging,
         )
         kernel_dir = cache.lookup("kernel", the_plan.kernel_name)
         if kernel_dir is None:

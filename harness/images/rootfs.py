@@ -4,23 +4,32 @@
 maintainer script, so a foreign-arch tree (arm64 on x86) needs no binfmt / qemu-user.
 What the scripts would have done for this small system is done here instead: accounts,
 sshd's configuration, and the init (``guests/init/init``) as PID 1.
+
+mmdebstrap writes a tarball (``--mode=unshare`` for an ordinary user, ``--mode=root`` for
+root), which is unpacked here as the building user with the tarball's owners and modes
+kept aside (:class:`~harness.images.cpio.Recorded`) for the archive. So no file in the
+cache ever belongs to a subordinate id: whatever a failed or killed build leaves, its
+user can delete, and root and ordinary users build the same archive.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import stat
 import subprocess
+import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.images.arches import ARCHES, READY_MARKER, ArchSpec, host_arch
-from harness.images.cpio import Entry, write_archive
-from harness.images.errors import ImageBuildError
+from harness.host import host_arch
+from harness.images.arches import ARCHES, READY_MARKER, ArchSpec
+from harness.images.cpio import Entry, Recorded, write_archive
+from harness.images.errors import ImageBuildError, PrerequisiteError
 from harness.images.progress import Progress
 from harness.images.recipe import DEBIAN_MIRROR, DEBIAN_SUITE, Recipe, extra_suites
 from harness.images.steps import run_logged
@@ -35,6 +44,12 @@ PYTHON_SKIP = r"/(test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip|pydoc_
 
 INITRAMFS = "initramfs.cpio"
 MANIFEST = "packages.txt"
+# In a staging directory: the temporary directory of a running mmdebstrap (in $TMPDIR,
+# owned by subordinate ids in unshare mode), for the next build to remove if it was killed.
+TEMPDIR_NOTE = "mmdebstrap-tempdir"
+# Where newuidmap/newgidmap find the ranges of ids an ordinary user may map (unshare mode).
+SUBORDINATE_ID_TABLES = (Path("/etc/subuid"), Path("/etc/subgid"))
+_TEMPDIR_LINE = re.compile(r"I: using (/\S+/mmdebstrap\.\w+) as tempdir")
 
 # Unneeded in a test guest and a third of the tree: boot time grows with the initramfs.
 PRUNE = (
@@ -75,28 +90,36 @@ def build_rootfs(
     packages = recipe.packages(flavor)
     tree = staging / "tree"
     started = time.monotonic()
-    with log_path.open("w") as log:
-        progress.begin(f"rootfs {spec.name}/{flavor}: mmdebstrap {len(packages)} packages")
-        _unpack(spec.debian_arch, packages, tree, log, log_path, progress)
-        debs = sorted((tree / "var" / "cache" / "apt" / "archives").glob("*.deb"))
-        manifest = [_deb_identity(deb) for deb in debs]
-        if not manifest:
-            raise ImageBuildError("mmdebstrap", f"no packages were unpacked into {tree}", log_path)
-        progress.end(f"{len(manifest)} packages")
+    umask = os.umask(0o022)  # files added to the tree get the modes a root build gives them
+    try:
+        with log_path.open("w") as log:
+            progress.begin(f"rootfs {spec.name}/{flavor}: mmdebstrap {len(packages)} packages")
+            unpacked = _unpack(spec.debian_arch, packages, tree, log, log_path, progress)
+            debs = sorted((tree / "var" / "cache" / "apt" / "archives").glob("*.deb"))
+            manifest = [_deb_identity(deb) for deb in debs]
+            if not manifest:
+                raise ImageBuildError(
+                    "mmdebstrap", f"no packages were unpacked into {tree}", log_path
+                )
+            progress.end(f"{len(manifest)} packages")
 
-        progress.begin(f"rootfs {spec.name}/{flavor}: configure, byte-compile Python, pack")
-        alternatives = [a for deb in debs for a in parse_alternatives(_postinst(deb))]
-        for deb in debs:
-            deb.unlink()
-        customise_tree(tree, recipe, spec, flavor, key)
-        for link in apply_alternatives(tree, alternatives):
-            log.write(f"alternative: {link}\n")
-        _compile_python(tree, staging, log, log_path)
-        size = write_archive(tree, staging / INITRAMFS, BOOT_NODES)
-        (staging / MANIFEST).write_text("".join(f"{line}\n" for line in manifest))
-        shutil.rmtree(tree)
-        progress.end(f"{size / 2**20:.0f} MiB")
-        log.write(f"initramfs: {size} bytes\n")
+            progress.begin(f"rootfs {spec.name}/{flavor}: configure, byte-compile Python, pack")
+            alternatives = [a for deb in debs for a in parse_alternatives(_postinst(deb))]
+            for deb in debs:
+                deb.unlink()
+            customise_tree(tree, recipe, spec, flavor, key)
+            for link in apply_alternatives(tree, alternatives):
+                log.write(f"alternative: {link}\n")
+            _compile_python(tree, staging, log, log_path)
+            size = write_archive(
+                tree, staging / INITRAMFS, [*unpacked.nodes, *BOOT_NODES], unpacked.recorded
+            )
+            (staging / MANIFEST).write_text("".join(f"{line}\n" for line in manifest))
+            shutil.rmtree(tree)
+            progress.end(f"{size / 2**20:.0f} MiB")
+            log.write(f"initramfs: {size} bytes\n")
+    finally:
+        os.umask(umask)
     return {
         "kind": "rootfs",
         "arch": spec.name,
@@ -108,6 +131,14 @@ def build_rootfs(
     }
 
 
+@dataclass(frozen=True)
+class Unpacked:
+    """What unpacking a tarball kept aside: real owners and modes, and its device nodes."""
+
+    recorded: dict[str, Recorded]
+    nodes: list[Entry]
+
+
 def _unpack(
     debian_arch: str,
     packages: list[str],
@@ -115,28 +146,212 @@ def _unpack(
     log: TextIO,
     log_path: Path,
     progress: Progress | None = None,
-) -> None:
-    """Unpack packages and their dependencies for ``debian_arch`` (no maintainer scripts)."""
+) -> Unpacked:
+    """Unpack packages and their dependencies for ``debian_arch`` (no maintainer scripts).
+
+    mmdebstrap writes a tarball next to ``tree`` (as subordinate ids in unshare mode its
+    temporary directory lives in ``$TMPDIR``, removed by mmdebstrap even when stopped by a
+    signal); the tarball is unpacked into ``tree`` as the building user and deleted.
+    """
     mode = "root" if os.geteuid() == 0 else "unshare"
-    run_logged(
-        "mmdebstrap",
-        [
+    if mode == "unshare":
+        check_unshare()
+    archive = tree.with_name(tree.name + ".tar")
+    note = tree.parent / TEMPDIR_NOTE
+
+    def on_line(line: str) -> None:
+        if match := _TEMPDIR_LINE.match(line):
+            note.write_text(match.group(1) + "\n")
+        if progress is not None:
+            _mmdebstrap_progress(progress, line)
+
+    try:
+        run_logged(
             "mmdebstrap",
-            f"--mode={mode}",
-            "--variant=extract",
-            f"--arch={debian_arch}",
-            "--skip=cleanup/apt/cache",
-            "--verbose",
-            f"--include={','.join(packages)}",
-            DEBIAN_SUITE,
-            str(tree),
-            DEBIAN_MIRROR,
-            *(f"deb {DEBIAN_MIRROR} {suite} main" for suite in extra_suites(packages)),
-        ],
-        log,
-        log_path,
-        on_line=None if progress is None else lambda line: _mmdebstrap_progress(progress, line),
-    )
+            [
+                "mmdebstrap",
+                f"--mode={mode}",
+                "--variant=extract",
+                f"--arch={debian_arch}",
+                "--format=tar",
+                "--skip=cleanup/apt/cache",
+                "--verbose",
+                f"--include={','.join(packages)}",
+                DEBIAN_SUITE,
+                str(archive),
+                DEBIAN_MIRROR,
+                *(f"deb {DEBIAN_MIRROR} {suite} main" for suite in extra_suites(packages)),
+            ],
+            log,
+            log_path,
+            on_line=on_line,
+        )
+    except BaseException:
+        remove_mmdebstrap_tempdir(note)  # mmdebstrap was killed before it could
+        raise
+    note.unlink(missing_ok=True)
+    try:
+        return unpack_tarball(archive, tree)
+    except (OSError, tarfile.TarError) as exc:
+        raise ImageBuildError("unpack", f"{archive}: {exc}", log_path) from None
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def unpack_tarball(archive: Path, tree: Path) -> Unpacked:
+    """Unpack a root filesystem tarball as the calling user, keeping owners and modes aside.
+
+    Every file gets its owner's read/write (directories also search) permission on disk,
+    so the user can always read and delete the tree; device nodes are not created (an
+    ordinary user cannot) but returned as archive entries. Names leaving ``tree`` are refused.
+    """
+    recorded: dict[str, Recorded] = {}
+    nodes: list[Entry] = []
+    directories: list[tuple[Path, int, float]] = []
+    tree.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r|") as tar:
+        for member in tar:
+            name = _member_name(member.name)
+            if not name:
+                continue
+            path = tree / name
+            mtime = float(member.mtime)
+            kind = _TAR_TYPES.get(member.type)
+            if kind is None:
+                raise tarfile.TarError(f"{member.name}: unsupported member type {member.type!r}")
+            full = kind | member.mode
+            if kind in (stat.S_IFCHR, stat.S_IFBLK):
+                node = Entry(name, full, member.uid, member.gid, int(mtime))
+                nodes.append(replace(node, rdev_major=member.devmajor, rdev_minor=member.devminor))
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if kind != stat.S_IFDIR and os.path.lexists(path):
+                path.unlink()
+            unpacked = member.mode | (0o700 if kind == stat.S_IFDIR else 0o600)
+            if member.islnk():
+                os.link(tree / _member_name(member.linkname), path, follow_symlinks=False)
+                unpacked = stat.S_IMODE(path.lstat().st_mode)
+                full = stat.S_IFMT(path.lstat().st_mode) | member.mode
+            elif kind == stat.S_IFDIR:
+                path.mkdir(exist_ok=True)
+                directories.append((path, unpacked, mtime))
+            elif kind == stat.S_IFREG:
+                source = tar.extractfile(member)
+                assert source is not None
+                with source, path.open("wb") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
+            elif kind == stat.S_IFLNK:
+                os.symlink(member.linkname, path)
+                unpacked = 0o777
+            else:
+                os.mkfifo(path)
+            if kind not in (stat.S_IFDIR, stat.S_IFLNK) and not member.islnk():
+                os.chmod(path, unpacked)
+                unpacked = stat.S_IMODE(path.lstat().st_mode)  # as the kernel kept them
+            if kind != stat.S_IFDIR:
+                os.utime(path, (mtime, mtime), follow_symlinks=False)
+            recorded[name] = Recorded(member.uid, member.gid, full, unpacked)
+    for path, mode, mtime in reversed(directories):  # children first: their mtimes stay set
+        os.chmod(path, mode)
+        os.utime(path, (mtime, mtime))
+    return Unpacked(recorded, nodes)
+
+
+_TAR_TYPES = {
+    tarfile.REGTYPE: stat.S_IFREG,
+    tarfile.AREGTYPE: stat.S_IFREG,
+    tarfile.LNKTYPE: stat.S_IFREG,
+    tarfile.SYMTYPE: stat.S_IFLNK,
+    tarfile.DIRTYPE: stat.S_IFDIR,
+    tarfile.FIFOTYPE: stat.S_IFIFO,
+    tarfile.CHRTYPE: stat.S_IFCHR,
+    tarfile.BLKTYPE: stat.S_IFBLK,
+}
+
+
+def _member_name(raw: str) -> str:
+    """A tar member's name relative to the tree (``./usr/bin/`` -> ``usr/bin``)."""
+    parts = [part for part in raw.split("/") if part not in ("", ".")]
+    if raw.startswith("/") or ".." in parts:
+        raise tarfile.TarError(f"{raw}: member outside the tree")
+    return "/".join(parts)
+
+
+def check_unshare(user: str | None = None) -> None:
+    """PrerequisiteError (one line: cause, remedy) unless mmdebstrap's unshare mode can work."""
+    for tool in ("newuidmap", "newgidmap"):
+        if shutil.which(tool) is None:
+            raise PrerequisiteError(
+                f"{tool} missing: run ./scripts/setup.sh as root (installs uidmap) to build"
+                " images as an ordinary user"
+            )
+    uid = os.getuid()
+    if user is None:
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+    for table in SUBORDINATE_ID_TABLES:
+        if not has_subordinate_ids(table, user, uid):
+            raise PrerequisiteError(
+                f"no subordinate ids for {user} in {table}: run"
+                f" `./scripts/setup.sh --user {user}` as root"
+            )
+
+
+def has_subordinate_ids(table: Path, user: str, uid: int) -> bool:
+    """Whether ``table`` (``/etc/subuid`` format) gives ``user`` (or ``uid``) a range."""
+    try:
+        lines = table.read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in (user, str(uid)) and fields[2].isdigit():
+            return int(fields[2]) > 0
+    return False
+
+
+def remove_mmdebstrap_tempdir(note: Path) -> None:
+    """Remove the temporary directory a killed mmdebstrap left (named in ``note``), if any."""
+    try:
+        tempdir = Path(note.read_text().strip())
+    except OSError:
+        return
+    if tempdir.name.startswith("mmdebstrap.") and tempdir.is_dir():
+        remove_foreign_tree(tempdir)
+    note.unlink(missing_ok=True)
+
+
+def remove_foreign_tree(path: Path) -> None:
+    """Delete a tree whose files may belong to subordinate ids (an unshare-mode chroot).
+
+    As root, directly; otherwise the contents through ``mmdebstrap --unshare-helper``
+    (a user namespace mapping the subordinate ids), then what is left as the user.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path) and os.geteuid() != 0 and shutil.which("mmdebstrap"):
+        subprocess.run(
+            ["mmdebstrap", "--unshare-helper", "/bin/rm", "-rf", "--one-file-system", str(path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_staging(staging: Path) -> None:
+    """Remove a killed build's staging directory (what the cache calls for stale ones).
+
+    Also deletes the mmdebstrap temporary directory it names and trees an older harness
+    unpacked there as subordinate ids; ImageBuildError if something still cannot go.
+    """
+    remove_mmdebstrap_tempdir(staging / TEMPDIR_NOTE)
+    remove_foreign_tree(staging)
+    if os.path.lexists(staging):
+        raise ImageBuildError(
+            "rootfs", f"cannot remove {staging} (files of other users): delete it as root"
+        )
 
 
 def _mmdebstrap_progress(progress: Progress, line: str) -> None:

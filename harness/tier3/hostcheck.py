@@ -10,12 +10,15 @@ The same evaluation (``evaluate_hw_info``) judges L1's IOMMU in the simulated ti
 from __future__ import annotations
 
 import ctypes
+import grp
 import os
+import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.driver.vfio import iommu_info
 from harness.errors import ConfigError, DecodeError
 from harness.firmware.capability import nesting_capability
 from harness.firmware.iort import parse_iort
@@ -27,7 +30,7 @@ from harness.vtd.registers import Cap, Ecap
 NO_HOST_DEVICE = "tier 3 passthrough: no --host-device given (a PCI device for vfio-pci)"
 
 HwInfoReader = Callable[[str], dict[str, Any]]
-"""cdev path -> ``harness.scenarios.guest.l1.iommu_info`` result."""
+"""cdev path -> ``harness.driver.vfio.iommu_info`` result."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +185,15 @@ def inspect_device(
     )
 
 
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
 def device_problem(dev: HostDevice, sys_root: Path = Path("/sys")) -> str | None:
-    """Why the device cannot be handed to QEMU's vfio-pci (iommufd backend), or None."""
+    """Why the device cannot be handed to QEMU's vfio-pci (iommufd backend), or None.
+
+    Binding a device to vfio-pci needs root: an ordinary user is told so.
+    """
     if not dev.exists:
         return f"host device {dev.bdf} does not exist"
     if dev.iommu_group is None:
@@ -195,8 +205,10 @@ def device_problem(dev: HostDevice, sys_root: Path = Path("/sys")) -> str | None
             if bindable
             else "and vfio-pci is not loaded (modprobe vfio-pci)"
         )
+        root = "" if _is_root() else f": needs root to bind {dev.bdf} to vfio-pci"
         return (
-            f"host device {dev.bdf} is bound to {dev.driver or 'no driver'}, not vfio-pci ({how})"
+            f"host device {dev.bdf} is bound to {dev.driver or 'no driver'}, not vfio-pci"
+            f" ({how}){root}"
         )
     others = [
         f"{b} ({d or 'no driver'})"
@@ -233,9 +245,33 @@ class HostReport:
         }
 
 
-def _local_hw_info(cdev: str) -> dict[str, Any]:
-    from harness.scenarios.guest.l1 import iommu_info
+def access_problem(node: Path, bdf: str) -> str | None:
+    """Why this user cannot open a device node QEMU needs for ``bdf`` read-write, or None.
 
+    A node that does not exist is not judged here (the checks before name it).
+    """
+    try:
+        info = node.stat()
+    except OSError:
+        return None
+    if os.access(node, os.R_OK | os.W_OK):
+        return None
+
+    def name(table: Any, number: int) -> str:
+        try:
+            return str(table(number)[0])
+        except KeyError:
+            return str(number)
+
+    owner = f"{name(pwd.getpwuid, info.st_uid)}:{name(grp.getgrgid, info.st_gid)}"
+    return (
+        f"no read/write access to {node} ({owner} {info.st_mode & 0o777:o}), which QEMU needs"
+        f" for {bdf}: needs root to give {name(pwd.getpwuid, os.getuid())} access (chown or a"
+        " udev rule), or run tier 3 as root"
+    )
+
+
+def _local_hw_info(cdev: str) -> dict[str, Any]:
     return iommu_info(cdev)
 
 
@@ -273,8 +309,19 @@ def check_host(
             report.skip_reason = reason
             return report
     assert device.vfio_cdev is not None
+    for node in (Path(device.vfio_cdev), dev_root / "iommu"):
+        denied = access_problem(node, device.bdf)
+        report.add(f"read/write access to {node}", denied is None, denied is None, denied or "")
+        if denied is not None:
+            report.skip_reason = denied
+            return report
     try:
         info = (hw_info or _local_hw_info)(device.vfio_cdev)
+    except PermissionError as exc:
+        report.skip_reason = f"IOMMU_GET_HW_INFO on {device.vfio_cdev}: {exc.strerror}" + (
+            "" if _is_root() else f" (needs root to give this user {device.bdf}'s vfio device)"
+        )
+        return report
     except OSError as exc:
         report.skip_reason = f"IOMMU_GET_HW_INFO on {device.vfio_cdev} failed: {exc}"
         return report

@@ -86,7 +86,9 @@ def payload_disk(payload: Payload, directory: Path | None = None, log: Log | Non
     disk = directory / f"payload-{payload.key()}.img"
     if disk.exists():
         return disk
-    if shutil.which("mke2fs") is None:
+    # An ordinary user's PATH on Debian has no /usr/sbin, where mke2fs lives.
+    mke2fs = shutil.which("mke2fs") or shutil.which("mke2fs", path="/usr/sbin:/sbin")
+    if mke2fs is None:
         raise HarnessError("mke2fs not found: install e2fsprogs (scripts/setup.sh does)")
     staging = directory / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -105,7 +107,7 @@ def payload_disk(payload: Payload, directory: Path | None = None, log: Log | Non
         tmp = staging / "disk.img"
         result = subprocess.run(
             [
-                "mke2fs",
+                mke2fs,
                 "-q",
                 "-F",
                 "-t",

@@ -21,9 +21,12 @@ pytestmark = pytest.mark.tier0
 class LocalAgent:
     """The real bootstrap and server in a local subprocess, spoken to over pipes."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
+        # The bootstrap unpacks into the guest's /run; here into the test's own directory.
+        bootstrap = BOOTSTRAP.replace('"/run/viommu-agent"', repr(str(root)))
+        assert bootstrap != BOOTSTRAP
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-u", "-c", BOOTSTRAP],
+            [sys.executable, "-I", "-S", "-u", "-c", bootstrap],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -52,8 +55,8 @@ class LocalAgent:
 
 
 @pytest.fixture
-def agent() -> Iterator[LocalAgent]:
-    a = LocalAgent()
+def agent(tmp_path: Path) -> Iterator[LocalAgent]:
+    a = LocalAgent(tmp_path / "agent")
     yield a
     if a.proc.poll() is None:
         a.proc.kill()
