@@ -51,7 +51,8 @@ def serve(guest: Guest, command: str | None, keep: bool) -> int:
     """Print how to reach ``guest``; then run ``command`` in it, or keep it until Ctrl-C."""
     print(f"guest up ({guest.vm.accel}, {guest.timings['boot_to_agent_s']:.1f}s)")
     print(f"  ssh:       {guest.ssh_command()}")
-    print(f"  qmp:       {guest.vm.qmp_socket}")
+    print(f"  qmp:       {guest.vm.user_qmp_socket}")
+    print(f"  hmp:       {guest.vm.hmp_socket}")
     print(f"  console:   {guest.vm.console_log}")
     print(f"  artifacts: {guest.artifacts}")
     if command is not None:
