@@ -297,8 +297,13 @@ class Agent:
             raise failed[0]
         return result[0]
 
-    def _open_exec(self, command: str, timeout: float, what: str) -> paramiko.Channel:
-        """A session channel running ``command``, within ``timeout`` (see ``_bounded``)."""
+    def _open_exec(
+        self, command: str, timeout: float, what: str, pty: bool = False
+    ) -> paramiko.Channel:
+        """A session channel running ``command``, within ``timeout`` (see ``_bounded``).
+
+        ``pty``: on a pseudo-terminal (line-buffered output, stderr merged into stdout).
+        """
         transport = self.ssh.get_transport()
         if transport is None or not transport.is_active():
             raise EOFError("SSH transport is closed")
@@ -308,6 +313,9 @@ class Agent:
             lambda: transport.open_session(timeout=timeout + 5.0), timeout, what, lambda: None
         )
         try:
+            if pty:
+                left = max(0.0, deadline - time.monotonic())
+                self._bounded(lambda: chan.get_pty("dumb", 400, 50), left, what, chan.close)
             left = max(0.0, deadline - time.monotonic())
             self._bounded(lambda: chan.exec_command(command), left, what, chan.close)
         except BaseException:
@@ -418,23 +426,91 @@ class Agent:
                 raise AgentProtocolError(f"{method}: {self._broken}")
             return reply["result"]
 
-    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
+    def put_file(self, local: Path, remote: str, mode: int = 0o644, timeout: float = 300.0) -> int:
+        """Copy a host file into the guest over SFTP on the same SSH connection; its size.
+
+        The file is written to ``remote + ".part"`` and renamed, so a guest never sees a
+        half-written file under ``remote``.  Fails with ``AgentConnectionLostError`` at
+        ``timeout`` or when the machine reports a cause (QEMU gone, a hang).
+        """
+        return self._sftp(
+            f"put {local.name}", timeout, lambda sftp: _sftp_put(sftp, local, remote, mode)
+        )
+
+    def get_file(self, remote: str, local: Path, timeout: float = 300.0) -> int:
+        """Copy a guest file to the host over SFTP; its size (errors as ``put_file``)."""
+
+        def get(sftp: paramiko.SFTPClient) -> int:
+            sftp.get(remote, str(local))
+            return local.stat().st_size
+
+        return self._sftp(f"get {remote}", timeout, get)
+
+    def _sftp(self, what: str, timeout: float, action: Callable[[paramiko.SFTPClient], T]) -> T:
+        """Run ``action`` on a fresh SFTP session, bounded like every other request."""
+        transport = self.ssh.get_transport()
+        if transport is None or not transport.is_active():
+            raise self._lost(f"{what}: the SSH connection to the guest is closed")
+        sessions: list[paramiko.SFTPClient] = []
+
+        def request() -> T:
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            if sftp is None:
+                raise AgentError(f"{what}: the guest refused the SFTP subsystem")
+            sessions.append(sftp)
+            try:
+                return action(sftp)
+            finally:
+                sftp.close()
+
+        def abort() -> None:
+            for sftp in sessions:
+                with contextlib.suppress(Exception):
+                    sftp.close()
+
+        try:
+            return self._bounded(request, timeout, what, abort)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if isinstance(exc, FileNotFoundError | PermissionError):
+                raise AgentError(f"{what}: {exc}") from None
+            cause = self._why()
+            raise AgentConnectionLostError(
+                f"{what}: connection lost ({_text(exc)})" + (f"; {cause}" if cause else "")
+            ) from None
+
+    def run(
+        self,
+        command: str,
+        timeout: float = 120.0,
+        on_output: Callable[[bytes], None] | None = None,
+        pty: bool = False,
+        idle_timeout: float | None = None,
+    ) -> CommandResult:
         """Run a shell command over a separate SSH channel (works without the agent).
 
         Fails with ``AgentConnectionLostError`` at ``timeout``, or sooner when the machine
         reports a cause or the connection drops; the agent itself stays usable.
+        ``on_output`` gets each chunk of standard output as it arrives (live progress);
+        the result still holds all of it.  ``pty`` runs it on a pseudo-terminal, so a
+        program that buffers a pipe writes each line at once (stderr is then in stdout).
+        ``idle_timeout``: fail when the command prints nothing for that long (a guest that
+        wedged without a sign QEMU or the console shows).
         """
         what = f"command {command!r:.60}"
         deadline = time.monotonic() + timeout
         out: list[bytes] = []
         err: list[bytes] = []
+        heard = time.monotonic()
         try:
-            chan = self._open_exec(command, timeout, what)
+            chan = self._open_exec(command, timeout, what, pty=pty)
             try:
                 chan.shutdown_write()
                 while True:
                     while chan.recv_ready():
                         out.append(chan.recv(1 << 16))
+                        heard = time.monotonic()
+                        if on_output is not None:
+                            on_output(out[-1])
                     while chan.recv_stderr_ready():
                         err.append(chan.recv_stderr(1 << 16))
                     drained = not (chan.recv_ready() or chan.recv_stderr_ready())
@@ -446,6 +522,11 @@ class Agent:
                     if time.monotonic() > deadline:
                         raise AgentConnectionLostError(
                             f"{what}: no result within {timeout:g}s"
+                            + (f"; {why}" if (why := self._why()) else "")
+                        )
+                    if idle_timeout is not None and time.monotonic() - heard > idle_timeout:
+                        raise AgentConnectionLostError(
+                            f"{what}: no output for {idle_timeout:g}s"
                             + (f"; {why}" if (why := self._why()) else "")
                         )
                     select.select([chan], [], [], POLL)
@@ -478,3 +559,12 @@ class Agent:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _sftp_put(sftp: paramiko.SFTPClient, local: Path, remote: str, mode: int) -> int:
+    """Write ``local`` to ``remote`` through a temporary name, set its mode; its size."""
+    partial = f"{remote}.part"
+    attrs = sftp.put(str(local), partial, confirm=True)
+    sftp.chmod(partial, mode)
+    sftp.posix_rename(partial, remote)
+    return int(attrs.st_size or 0)

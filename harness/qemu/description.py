@@ -199,6 +199,50 @@ class Edu:
 
 
 @dataclass(frozen=True)
+class Igb:
+    """QEMU's emulated Intel 82576 (``igb``, 8086:10C9) on a PCIe root port of its own.
+
+    The kernel's VFIO selftests drive it with their own ``igb`` driver (real DMA through
+    the vIOMMU); its SR-IOV VFs (``igbvf``) appear on the root port's bus.  No netdev is
+    attached: the selftest driver loops packets back inside the device.
+    """
+
+    id: str = "igb0"
+    addr: str | None = None
+    root_port: bool = True
+    chassis: int = 16
+
+    VENDOR_ID = 0x8086
+    DEVICE_ID = 0x10C9
+
+    @property
+    def port_id(self) -> str:
+        """The QEMU id of the root port the device sits on."""
+        return f"rp-{self.id}"
+
+    def qemu_devices(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(driver, properties)`` of each ``-device`` this description adds, in order."""
+        devices: list[tuple[str, dict[str, Any]]] = []
+        props: dict[str, Any] = {"id": self.id}
+        if self.root_port:
+            port: dict[str, Any] = {"id": self.port_id, "chassis": self.chassis}
+            if self.addr is not None:
+                port["addr"] = self.addr
+            devices.append(("pcie-root-port", port))
+            props["bus"] = self.port_id
+        elif self.addr is not None:
+            props["addr"] = self.addr
+        devices.append(("igb", props))
+        return devices
+
+    def validate(self) -> None:
+        _check_types(self, "igb.")
+        _check_id("igb", self.id)
+        if not 0 <= self.chassis <= 255:
+            raise ConfigError(f"igb.chassis={self.chassis}: expected 0..255")
+
+
+@dataclass(frozen=True)
 class VfioPci:
     """A host PCI device passed through with vfio-pci (tier 3)."""
 
@@ -237,7 +281,7 @@ class Pvpanic:
         _check_types(self, "pvpanic.")
 
 
-Device = Edu | VfioPci | UserNic | Pvpanic
+Device = Edu | Igb | VfioPci | UserNic | Pvpanic
 Viommu = IntelIommu | SmmuV3
 
 
@@ -324,7 +368,7 @@ def _to_jsonable(obj: Any) -> Any:
 
 
 _TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in (IntelIommu, SmmuV3, Edu, VfioPci, UserNic, Pvpanic)
+    cls.__name__: cls for cls in (IntelIommu, SmmuV3, Edu, Igb, VfioPci, UserNic, Pvpanic)
 }
 
 
