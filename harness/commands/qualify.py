@@ -27,6 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
                         help="variants run at once (each boots a guest; default 1)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--fleet", type=Path, metavar="FLEET",
+                        help="run the cells on a fleet's hosts (Dask; harness fleet)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
                 opts = ", ".join(f"{k}={val}" for k, val in v.viommu_options.items()) or "defaults"
                 print(f"{v.id:<60} {opts}")
         return 0
+    if args.fleet is not None:
+        from harness.commands.fleet import qualify_on_fleet
+
+        return qualify_on_fleet(args, matrix, variants)
     try:
         from harness.qualify.job import run_job
     except ImportError as exc:

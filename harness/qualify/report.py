@@ -30,7 +30,10 @@ STATUS = {
     "INTERRUPT": "failed",
     "CANCEL": "skipped",
     "SKIP": "skipped",
+    "UNSCHEDULABLE": "unschedulable",  # fleet runs: no host can run the variant
 }
+#: statuses a fleet run's whiteboard may give a row instead of the avocado mapping
+FLEET_STATUSES = ("error", "unschedulable")
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Row:
     artifacts: str | None
     debug_log: str | None
     repro_bundle: str | None
+    host: str = ""  # fleet runs: the host that ran the variant
 
 
 def _rel(path: Any, logdir: Path) -> str | None:
@@ -98,6 +102,8 @@ def collect(logdir: Path, variants: Sequence[Variant]) -> list[Row]:
         info = _whiteboard(test) if test else {}
         avocado_status = str(test.get("status", "")) if test else "NOT RUN"
         status = STATUS.get(avocado_status, "failed")
+        if info.get("report_status") in FLEET_STATUSES:
+            status = str(info["report_status"])
         reason = str(info.get("reason") or (test or {}).get("fail_reason") or "")
         if avocado_status == "INTERRUPTED" and not reason:
             reason = "interrupted (timeout?)"
@@ -124,6 +130,7 @@ def collect(logdir: Path, variants: Sequence[Variant]) -> list[Row]:
                 artifacts=_rel(info.get("artifacts"), logdir),
                 debug_log=_rel(test_logdir / "debug.log", logdir) if test_logdir else None,
                 repro_bundle=_rel(info.get("repro_bundle"), logdir),
+                host=str(info.get("host") or ""),
             )
         )
     return rows
@@ -139,10 +146,13 @@ def totals(rows: Sequence[Row]) -> dict[str, int]:
 def text_table(rows: Sequence[Row]) -> str:
     """A plain table for the terminal."""
     width = max((len(r.id) for r in rows), default=10)
-    lines = [f"{'variant':<{width}}  {'status':<7}  {'qemu':<16} {'kernel':<24} reason"]
+    hw = max((len(r.host) for r in rows), default=0)
+    host_head = f"{'host':<{hw}}  " if hw else ""
+    lines = [f"{'variant':<{width}}  {host_head}{'status':<7}  {'qemu':<16} {'kernel':<24} reason"]
     for r in rows:
+        host = f"{r.host:<{hw}}  " if hw else ""
         lines.append(
-            f"{r.id:<{width}}  {r.status:<7}  {r.qemu_version.split(' (')[0][:16]:<16} "
+            f"{r.id:<{width}}  {host}{r.status:<7}  {r.qemu_version.split(' (')[0][:16]:<16} "
             f"{r.kernel_release[:24]:<24} {r.reason[:100]}"
         )
     return "\n".join(lines)
@@ -153,6 +163,7 @@ body { font-family: sans-serif; margin: 1.5em; }
 table { border-collapse: collapse; }
 td, th { border: 1px solid #bbb; padding: 4px 8px; text-align: left; vertical-align: top; }
 .passed { background: #dfd; } .failed { background: #fdd; } .skipped { background: #eee; }
+.error { background: #fcb; } .unschedulable { background: #fec; }
 code { font-size: 90%; }
 """
 
@@ -166,6 +177,7 @@ def _link(target: str | None, text: str) -> str:
 def render_html(name: str, description: str, rows: Sequence[Row], seconds: float | None) -> str:
     counts = totals(rows)
     head = ", ".join(f"{n} {k}" for k, n in counts.items())
+    fleet = any(r.host for r in rows)
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     out = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -175,9 +187,10 @@ def render_html(name: str, description: str, rows: Sequence[Row], seconds: float
         f"<p><b>{html.escape(head)}</b>{took}. Avocado's report: "
         f"{_link('results.html', 'results.html')}, {_link('results.xml', 'xUnit')}, "
         f"{_link('results.json', 'JSON')}.</p>",
-        "<table><tr><th>variant</th><th>status</th><th>vIOMMU options</th><th>QEMU</th>"
+        "<table><tr><th>variant</th>" + ("<th>host</th>" if fleet else "") +
+        "<th>status</th><th>vIOMMU options</th><th>QEMU</th>"
         "<th>kernel</th><th>seed</th><th>time</th><th>reason</th><th>links</th></tr>",
-    ]
+    ]  # fmt: skip
     for r in rows:
         opts = ", ".join(f"{k}={v}" for k, v in r.viommu_options.items()) or "defaults"
         links = " ".join(
@@ -187,7 +200,8 @@ def render_html(name: str, description: str, rows: Sequence[Row], seconds: float
         took_row = f"{r.seconds:.1f} s" if r.seconds is not None else ""
         out.append(
             f"<tr class='{r.status}'><td><code>{html.escape(r.id)}</code></td>"
-            f"<td>{r.status}</td>"
+            + (f"<td>{html.escape(r.host)}</td>" if fleet else "")
+            + f"<td>{r.status}</td>"
             f"<td>{html.escape(r.viommu)} {html.escape(r.options)}: {html.escape(opts)}</td>"
             f"<td>{html.escape(r.qemu)}: {html.escape(r.qemu_version)}</td>"
             f"<td>{html.escape(r.kernel)}: {html.escape(r.kernel_release)}</td>"
