@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from harness.scenarios.base import EFFECT, SETUP
 from tests.vm.test_tier1_mock import run_case, tier1_guest
 
 pytestmark = pytest.mark.tier1
@@ -24,6 +25,10 @@ def _check(result: dict[str, Any]) -> None:
         assert any(n.startswith(prefix + "UNMAP_ALL") for n in names)
         assert any(n.startswith(prefix + "GET_INFO") for n in names)
     assert any(n.startswith("type1 vs compat") for n in names)
+    kinds = {r["name"]: r.get("kind", SETUP) for r in result["rows"]}
+    setup = {n for n, kind in kinds.items() if kind == SETUP}
+    assert setup <= {"type1: /dev/vfio/vfio present", "v1: SET_IOMMU", "v2: SET_IOMMU"}, setup
+    assert set(kinds.values()) <= {EFFECT, SETUP}
 
 
 @pytest.mark.x86_64

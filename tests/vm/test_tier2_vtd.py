@@ -1,10 +1,10 @@
 """Tier 2 on emulated VT-d: edu on vfio-pci in an x86_64 guest, real DMA through the vIOMMU.
 
 Each test runs a scenario registered in ``harness.scenarios.vtd`` (one guest boot each)
-and requires its verdict to pass.  The compat differential's verdict also fails on
-differences seed 002 does not document; the ones found so far (Linux 7.3) are listed in
-``KNOWN_COMPAT_FINDINGS`` and turn the test into an expected failure that names them,
-so a new difference fails and a fixed one shows up as the finding disappearing.
+and requires its verdict to pass.  The compat differential's verdict fails on every
+difference no seed 002 sentence or 7.3 source line documents; the test requires its
+failing rows to be exactly the rows of ``FINDINGS`` (Linux 7.3), so a new difference
+fails the test and so does a finding that disappears.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from harness.scenarios.vtd import KNOWN_FINDINGS, OPTION_MATRIX, finding_key
+from harness.scenarios.base import EFFECT, SETUP
+from harness.scenarios.vtd import BOTH_TYPES, FINDING_NOTE, OPTION_MATRIX, finding_rows
 
 pytestmark = [pytest.mark.tier2, pytest.mark.vtd, pytest.mark.x86_64]
 
@@ -32,6 +33,8 @@ def run(
     verdict = run_registered(name, ARCH, viommu_options=viommu_options)
     record_property("wall_s", f"{time.monotonic() - t0:.1f}")
     record_property("checks", str(len(verdict.checks)))
+    record_property("effect_checks", str(verdict.count(EFFECT)))
+    record_property("setup_checks", str(verdict.count(SETUP)))
     return verdict
 
 
@@ -84,8 +87,11 @@ def test_nesting_refusal_names_the_missing_ecap_bit(
 
 
 def test_pasid_attach_on_edu(run_registered: Any, record_property: Any) -> None:
+    """7.3 accepts PASIDs on edu (no PASID capability) and the attach changes no DMA."""
     verdict = run(run_registered, record_property, "vtd-pasid")
     assert verdict.passed, verdict.summary()
+    names = {c.name for c in verdict.checks if c.kind == EFFECT}
+    assert "untagged DMA while PASIDs 1 and 2^20 are on HWPT B goes through" in names
 
 
 def test_cdev_bind_attach_detach_edge_cases(run_registered: Any, record_property: Any) -> None:
@@ -99,9 +105,9 @@ def test_cdev_bind_attach_detach_edge_cases(run_registered: Any, record_property
 def test_type1_and_iommufd_compat_differ_only_as_documented(
     run_registered: Any, record_property: Any
 ) -> None:
-    """Every difference is documented by seed 002 or a known, reported finding."""
+    """The verdict fails on exactly the listed 7.3 findings; every other row passes."""
     verdict = run(run_registered, record_property, "vtd-compat-differential")
-    assert verdict.passed, verdict.summary()
-    found = {finding_key(d["op"], d["aspect"]) for d in verdict.facts["undocumented"]}
-    assert found <= KNOWN_FINDINGS
-    record_property("known_findings", str(sorted(found)))
+    failing = {c.name for c in verdict.failures}
+    record_property("findings", str(sorted(failing)))
+    assert failing == finding_rows(BOTH_TYPES), verdict.summary()
+    assert all(c.note.startswith(FINDING_NOTE) for c in verdict.failures), verdict.summary()

@@ -24,6 +24,7 @@ from typing import Any
 from guests.agent.server import method
 from harness.driver import PAGE_SIZE, CheckTable, DmaBuffer, IoctlError, IommuFD, Selftest
 from harness.driver.errors import errno_name
+from harness.scenarios.guest._rows import EFFECT
 from harness.uapi import iommufd as uapi
 from harness.uapi import iommufd_test as t
 from harness.uapi._ioctl import _IO, _IOWR
@@ -442,6 +443,7 @@ def _open_fds() -> set[int]:
 def _row(
     table: CheckTable, ioctl: str, case: str, kind: str, expected: int, got: int, note: str = ""
 ) -> None:
+    """One effect row: the errno the kernel returned vs the one its source says it returns."""
     in_seed = ioctl in IN_SEED or kind == "enotty"
     seed = SEED_RULE.get(kind)
     seed_text = errno_name(seed) if seed is not None else ""
@@ -455,6 +457,7 @@ def _row(
         case=case,
         seed=seed_text if in_seed or not seed_text else f"({seed_text})",
         note=note,
+        kind=EFFECT,
     )
 
 

@@ -25,6 +25,7 @@ from harness.driver.errors import IoctlError
 from harness.driver.iommufd import IOAS, IommuFD
 from harness.driver.memory import DmaBuffer
 from harness.driver.vfio import VfioContainer, VfioDevice, VfioGroup
+from harness.scenarios.guest._rows import EFFECT, SETUP, succeeds_effect
 from harness.uapi import iommufd as iu
 from harness.uapi import vfio as vu
 
@@ -195,11 +196,13 @@ def dma_translation(
     table = CheckTable("dma-translation")
     details: list[dict[str, Any]] = []
     if any(c["backing"] == "hugetlb" for c in cases):
+        reserved = _ensure_hugepages(hugepages)
         table.add(
             "hugetlb pages reserved",
             f">= {hugepages}",
-            _ensure_hugepages(hugepages),
-            ok=_ensure_hugepages(hugepages) >= hugepages,
+            reserved,
+            ok=reserved >= hugepages,
+            kind=SETUP,
         )
     for mode in ("auto", "explicit"):
         with bound_device(cdev) as (ictx, device):
@@ -210,7 +213,9 @@ def dma_translation(
             else:
                 paging = ioas.paging_hwpt(device)
                 hwpt = device.attach(paging)
-                table.add(f"{mode}: attach returns the allocated HWPT", paging.id, hwpt)
+                table.add(
+                    f"{mode}: attach returns the allocated HWPT", paging.id, hwpt, kind=EFFECT
+                )
             for index, case in enumerate(cases):
                 details.append(_translation_case(table, edu, ioas, mode, index, case, hwpt))
     return table.result(cases=details)
@@ -231,7 +236,7 @@ def _translation_case(
         facts = {"src": _backing(src.addr), "dst": _backing(dst.addr)}
         want = case["backing"]
         kinds = f"{backing_kind(facts['src'])}/{backing_kind(facts['dst'])}"
-        table.add(f"{label}: backing (src/dst)", f"{want}/{want}", kinds)
+        table.add(f"{label}: backing (src/dst)", f"{want}/{want}", kinds, kind=SETUP)
         ioas.map(src.addr, size, case["src_iova"])
         ioas.map(dst.addr, size, case["dst_iova"])
         try:
@@ -247,7 +252,11 @@ def _translation_case(
             got = dst.read(0, size)
             copied = got[offset : offset + length]
             table.add(
-                f"{label}: bytes copied", data.hex()[:16], copied.hex()[:16], ok=copied == data
+                f"{label}: bytes copied",
+                data.hex()[:16],
+                copied.hex()[:16],
+                ok=copied == data,
+                kind=EFFECT,
             )
             outside = got[:offset] + got[offset + length :]
             kept = outside == guard[: len(outside)]
@@ -255,6 +264,7 @@ def _translation_case(
                 f"{label}: nothing written outside",
                 "untouched",
                 "untouched" if kept else "overwritten",
+                kind=EFFECT,
             )
         finally:
             ioas.unmap(case["src_iova"], size)
@@ -314,7 +324,7 @@ def faults(
             label = f"#{index} {direction} @ {iova:#x}"
             ioas.map(victim.addr, PAGE, iova)
             before = round_trip(edu, victim, iova, good, good_iova, 64, index + 10)
-            table.add(f"{label}: DMA while mapped", True, before["equal"])
+            table.add(f"{label}: DMA while mapped", True, before["equal"], kind=EFFECT)
             ioas.unmap(iova, PAGE)
             marker = _mark()
             ram = pattern(PAGE, index + 40)
@@ -413,33 +423,76 @@ def _nested_dma(edu: Edu, data: DmaBuffer, s1_iova: int) -> dict[str, Any]:
 # --- PASID -----------------------------------------------------------------------------
 
 
+#: IOVAs of the PASID scenario: both IOASes map their own buffers at the same two IOVAs
+PASID_SRC_IOVA, PASID_DST_IOVA = 0x100000, 0x200000
+
+
+def which_table(
+    edu: Edu,
+    a: tuple[DmaBuffer, DmaBuffer],
+    b: tuple[DmaBuffer, DmaBuffer],
+    seed: int,
+    length: int = 128,
+) -> str:
+    """Untagged edu copy src -> dst IOVA; ``A`` or ``B``: whose buffers the bytes moved between.
+
+    IOAS A and IOAS B map different buffers at the same IOVAs, so where the copy lands
+    shows which page table translated the DMA; anything else is described.
+    """
+    want_a, want_b = pattern(length, seed), pattern(length, seed + 1)
+    a[0].write(0, want_a)
+    b[0].write(0, want_b)
+    a[1].write(0, bytes(length))
+    b[1].write(0, bytes(length))
+    edu.copy(PASID_SRC_IOVA, PASID_DST_IOVA, length)
+    got_a, got_b = a[1].read(0, length), b[1].read(0, length)
+    if got_a == want_a and got_b == bytes(length):
+        return "A"
+    if got_b == want_b and got_a == bytes(length):
+        return "B"
+    return f"neither (A dst {got_a[:8].hex()}, B dst {got_b[:8].hex()})"
+
+
 @method
 def pasid(cdev: str, bdf: str, dma_mask: int, pasid: int = 1) -> dict[str, Any]:
-    """Attach HWPTs to a PASID of the device; what the kernel says and whether DMA still works."""
+    """The RID on HWPT A, PASID ``pasid`` (and 2^20) on HWPT B; answers, PASID table, DMA.
+
+    Returns observations only (outcomes, the PASID-table entries debugfs shows, and which
+    HWPT an untagged DMA went through before, during and after the PASID attachments).
+    """
     out: dict[str, Any] = {}
+    too_large = 1 << 20
     with open(f"/sys/bus/pci/devices/{bdf}/config", "rb") as f:
         out["config_size"] = len(f.read())
     with bound_device(cdev) as (ictx, device), ExitStack() as stack:
         out["hw_info"] = _hw_info(ictx, device)
         edu = Edu(device, dma_mask=dma_mask)
-        ioas = ictx.ioas()
-        src = stack.enter_context(DmaBuffer(PAGE))
-        dst = stack.enter_context(DmaBuffer(PAGE))
-        ioas.map(src.addr, PAGE, 0x100000)
-        ioas.map(dst.addr, PAGE, 0x200000)
-        plain = ioas.paging_hwpt(device)
+        bufs = {name: stack.enter_context(DmaBuffer(PAGE)) for name in ("sa", "da", "sb", "db")}
+        a, b = (bufs["sa"], bufs["da"]), (bufs["sb"], bufs["db"])
+        ioas_a, ioas_b = ictx.ioas(), ictx.ioas()
+        for ioas, (src, dst) in ((ioas_a, a), (ioas_b, b)):
+            ioas.map(src.addr, PAGE, PASID_SRC_IOVA)
+            ioas.map(dst.addr, PAGE, PASID_DST_IOVA)
+        plain = ioas_b.paging_hwpt(device)
         out["attach_pasid_plain_hwpt"] = outcome(lambda: device.attach(plain, pasid=pasid))
-        capable = outcome(lambda: ioas.paging_hwpt(device, flags=iu.IOMMU_HWPT_ALLOC_PASID).id)
-        out["alloc_pasid_hwpt"] = capable
-        if capable["ok"]:
-            hwpt = capable["value"]
-            out["attach_rid_pasid_hwpt"] = outcome(lambda: device.attach(hwpt))
-            out["attach_pasid"] = outcome(lambda: device.attach(hwpt, pasid=pasid))
-            out["pasid_entries"] = present_pasids(bdf)
-            if out["attach_rid_pasid_hwpt"]["ok"]:
-                out["dma_rid"] = round_trip(edu, src, 0x100000, dst, 0x200000, 128, 3)
-            out["attach_pasid_too_large"] = outcome(lambda: device.attach(hwpt, pasid=1 << 20))
-            out["detach_pasid"] = outcome(lambda: device.detach(pasid=pasid))
+        hwpt_a = outcome(lambda: ioas_a.paging_hwpt(device, flags=iu.IOMMU_HWPT_ALLOC_PASID).id)
+        hwpt_b = outcome(lambda: ioas_b.paging_hwpt(device, flags=iu.IOMMU_HWPT_ALLOC_PASID).id)
+        out["alloc_pasid_hwpt_a"], out["alloc_pasid_hwpt_b"] = hwpt_a, hwpt_b
+        if not (hwpt_a["ok"] and hwpt_b["ok"]):
+            return out
+        out["attach_rid"] = outcome(lambda: device.attach(hwpt_a["value"]))
+        if not out["attach_rid"]["ok"]:
+            return out
+        out["dma_before"] = which_table(edu, a, b, 3)
+        out["attach_pasid"] = outcome(lambda: device.attach(hwpt_b["value"], pasid=pasid))
+        out["attach_pasid_too_large"] = outcome(
+            lambda: device.attach(hwpt_b["value"], pasid=too_large)
+        )
+        out["pasid_entries"] = present_pasids(bdf)
+        out["dma_during"] = which_table(edu, a, b, 5)
+        out["detach_pasid"] = outcome(lambda: device.detach(pasid=pasid))
+        out["detach_pasid_too_large"] = outcome(lambda: device.detach(pasid=too_large))
+        out["dma_after"] = which_table(edu, a, b, 7)
         out["detach_pasid_not_attached"] = outcome(lambda: device.detach(pasid=pasid + 1))
     return out
 
@@ -556,14 +609,14 @@ def cdev_edge_cases(cdev: str, dma_mask: int) -> dict[str, Any]:
         finally:
             page.close()
         t.errno("attach after failed (EFAULT) bind", errno.EINVAL, device.attach, ioas)
-        t.succeeds("bind on the same fd after EFAULT", device.bind, ictx)
+        succeeds_effect(t, "bind on the same fd after EFAULT", device.bind, ictx)
         t.errno("bind twice", errno.EINVAL, device.bind, ictx)
         other = VfioDevice(cdev)
         try:
             t.errno("bind a second fd while bound", errno.EINVAL, other.bind, ictx)
         finally:
             other.close()
-        t.succeeds("detach when not attached", device.detach)
+        succeeds_effect(t, "detach when not attached", device.detach)
         t.errno(
             f"attach argsz {attach_min - 4} (< minsz {attach_min})",
             errno.EINVAL,
@@ -588,9 +641,9 @@ def cdev_edge_cases(cdev: str, dma_mask: int) -> dict[str, Any]:
                 device.attach, ioas, pasid=1, argsz=12)  # fmt: skip
         t.errno("detach with PASID flag, argsz 8 (< 12 with pasid)", errno.EINVAL,
                 device.detach, pasid=1, argsz=8)  # fmt: skip
-        t.succeeds("attach after the errors", device.attach, ioas)
+        succeeds_effect(t, "attach after the errors", device.attach, ioas)
         t.succeeds("detach after attach", device.detach)
-        t.succeeds("detach again (not attached)", device.detach)
+        succeeds_effect(t, "detach again (not attached)", device.detach)
         device.close()
         t.add("after close, reopen: bind, attach, DMA", "ok", _healthy(cdev, dma_mask, 21))
         efault_again = VfioDevice(cdev)
@@ -691,14 +744,17 @@ def _info(container: VfioContainer) -> dict[str, Any]:
 
 
 def _dma_probe(edu: Edu, src_iova: int, dst: DmaBuffer, dst_iova: int, seed: int) -> dict[str, Any]:
-    """edu copies 64 bytes src_iova -> dst_iova; whether they arrived (dst is ours to check)."""
+    """edu copies 64 bytes src_iova -> dst_iova; whether the pattern arrived in ``dst``.
+
+    edu's buffer is scrubbed first (a DMA from ``dst`` holding other bytes), so a read of
+    ``src_iova`` that faults cannot pass off an earlier probe's bytes as arrived.
+    """
+    dst.write(0, b"\x5a" * 64)
+    edu.dma_to_device(dst_iova, 64)
     dst.write(0, b"\xa5" * 64)
     edu.dma_to_device(src_iova, 64)
     edu.dma_from_device(dst_iova, 64)
-    return {
-        "arrived": dst.read(0, 64) == pattern(64, seed),
-        "untouched": dst.read(0, 64) == b"\xa5" * 64,
-    }
+    return {"arrived": dst.read(0, 64) == pattern(64, seed)}
 
 
 @method
