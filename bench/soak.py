@@ -51,7 +51,14 @@ from harness.artifacts import artifacts_root, new_artifacts_dir
 from harness.guest import Guest
 from harness.profiles import guest_machine, make_viommu
 from harness.qemu import lifetime
-from harness.qemu.leaks import leftovers, listening_sockets, open_fds, process_alive, tcp_sockets
+from harness.qemu.leaks import (
+    descendants,
+    leftovers,
+    listening_sockets,
+    open_fds,
+    process_alive,
+    tcp_sockets,
+)
 from harness.qemu.rundir import KEY_FILES, owner_of, sweep, sweep_bases
 from harness.scenarios.base import get as get_scenario
 
@@ -276,21 +283,6 @@ def child_cycle(args: argparse.Namespace) -> int:
         guest.close()
     say("done")
     return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """Live descendants of ``pid`` (from /proc: parents of every process)."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (parent := lifetime.parent_of(int(entry))) is not None:
-            children[parent].append(int(entry))
-    found: list[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += children.get(child, [])
-    return [p for p in found if process_alive(p)]
 
 
 def dirs_owned_by(pid: int) -> list[Path]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.qualify.matrix import Variant
+from harness.qualify.report import verdict_info
 
 TOPIC = "viommu-fleet"
 CELL_PREFIX = "viommu-fleet-cell-"
@@ -136,17 +137,7 @@ def run_cell(variant_json: dict[str, Any], submitted: float | None = None) -> di
             info.update(status="error", reason=reason)
             details = str(exc)
         else:
-            facts = verdict.facts
-            for key in ("qemu_version", "kernel_release", "qemu_binary", "image_key", "seed",
-                        "accel"):  # fmt: skip
-                if facts.get(key):
-                    info[key] = facts[key]
-            info.update(
-                status="passed" if verdict.passed else "failed",
-                reason="" if verdict.passed else verdict.summary().splitlines()[0],
-                checks=len(verdict.checks),
-                failed_checks=[c.name for c in verdict.failures],
-            )
+            info.update(verdict_info(verdict))
             details = verdict.table() + "\n" + verdict.summary()
             with contextlib.suppress(OSError):
                 (artifacts / "verdict.txt").write_text(details + "\n")

@@ -11,6 +11,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.qemu.lifetime import parent_of
+
 #: /proc/net/tcp states (include/net/tcp_states.h)
 TCP_STATES = {
     "01": "ESTABLISHED",
@@ -156,3 +158,18 @@ def leftovers(pid: int | None, port: int | None, run_dir: Path | None) -> list[s
 def open_fds() -> int:
     """How many file descriptors this process has open (leak checks across cycles)."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (children, theirs, ...), from every process's parent."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (parent := parent_of(int(entry))) is not None:
+            children.setdefault(parent, []).append(int(entry))
+    found: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return [p for p in found if process_alive(p)]

@@ -355,15 +355,20 @@ class QemuMachine:
             return self._hung(stall)
         return None
 
-    def _process_state(self) -> str | None:
-        """The kernel's state letter for QEMU (``T`` when stopped by a signal)."""
+    def _stat(self) -> list[str] | None:
+        """QEMU's /proc/PID/stat fields after the command name (state first), None if gone."""
         if self._proc is None:
             return None
         try:
             stat = Path(f"/proc/{self._proc.pid}/stat").read_text()
         except OSError:
             return None
-        return stat.rpartition(")")[2].split()[0]
+        return stat.rpartition(")")[2].split()
+
+    def _process_state(self) -> str | None:
+        """The kernel's state letter for QEMU (``T`` when stopped by a signal)."""
+        fields = self._stat()
+        return None if fields is None else fields[0]
 
     def _runstate_paused(self) -> float | None:
         """When the VM was paused (last STOP event not followed by RESUME), else None."""
@@ -379,14 +384,8 @@ class QemuMachine:
 
     def _cpu_seconds(self) -> float | None:
         """QEMU's user + system CPU time so far (all its threads), None when unknown."""
-        if self._proc is None:
-            return None
-        try:
-            stat = Path(f"/proc/{self._proc.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        fields = self._stat()
+        return None if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def _idle_window(self) -> float:
         return max(MIN_IDLE_WINDOW, min(IDLE_WINDOW, self.hang_timeout or IDLE_WINDOW))

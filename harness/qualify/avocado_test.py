@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.qualify.matrix import Variant
+from harness.qualify.report import verdict_info
 
 INFO_FILE = "variant.json"
 ARTIFACTS = "artifacts"
@@ -101,18 +102,8 @@ def run_variant(test: Any) -> None:
             info["repro_bundle"] = str(artifacts / BUNDLE_FILE)
         _publish(test, info)
         raise
-    facts = verdict.facts
-    for key in ("qemu_version", "kernel_release", "qemu_binary", "image_key", "seed", "accel"):
-        if facts.get(key):
-            info[key] = facts[key]
-    info.update(
-        status="passed" if verdict.passed else "failed",
-        reason="" if verdict.passed else verdict.summary().splitlines()[0],
-        checks=len(verdict.checks),
-        failed_checks=[c.name for c in verdict.failures],
-        repro_bundle=facts.get("repro_bundle"),
-        timings=verdict.timings,
-    )
+    info.update(verdict_info(verdict))
+    info.update(repro_bundle=verdict.facts.get("repro_bundle"), timings=verdict.timings)
     _publish(test, info)
     (Path(test.logdir) / "verdict.txt").write_text(
         verdict.table() + "\n" + verdict.summary() + "\n"

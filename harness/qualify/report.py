@@ -36,6 +36,23 @@ STATUS = {
 FLEET_STATUSES = ("error", "unschedulable")
 
 
+#: verdict facts a variant's result carries (identities a release manager compares)
+VERDICT_FACTS = ("qemu_version", "kernel_release", "qemu_binary", "image_key", "seed", "accel")
+
+
+def verdict_info(verdict: Any) -> dict[str, Any]:
+    """A variant's result fields from its ``Verdict``: status, first failure, counts, facts."""
+    info: dict[str, Any] = {k: verdict.facts[k] for k in VERDICT_FACTS if verdict.facts.get(k)}
+    info.update(
+        status="passed" if verdict.passed else "failed",
+        reason="" if verdict.passed else verdict.summary().splitlines()[0],
+        checks=len(verdict.checks),
+        effect_checks=verdict.count("effect"),
+        failed_checks=[c.name for c in verdict.failures],
+    )
+    return info
+
+
 @dataclass
 class Row:
     """One variant's outcome."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.qemu.leaks import listening_sockets, process_alive, tcp_sockets
+from harness.qemu.leaks import descendants, listening_sockets, process_alive, tcp_sockets
 from harness.qemu.lifetime import parent_of
 
 pytestmark = pytest.mark.x86_64
@@ -56,21 +56,6 @@ def x86_guest_possible() -> None:
         images.ensure("x86_64")
     except PrerequisiteError as exc:
         pytest.skip(f"cannot build the x86_64 guest image: {exc}")
-
-
-def descendants(pid: int) -> list[int]:
-    """Live descendants of ``pid``."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (parent := parent_of(int(entry))) is not None:
-            children.setdefault(parent, []).append(int(entry))
-    found: list[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += children.get(child, [])
-    return [p for p in found if process_alive(p)]
 
 
 def run_dir_of(qemu: int) -> Path | None:
