@@ -62,7 +62,7 @@ _OPTION = ctypes.sizeof(uapi.iommu_option)
 _VFIO_IOAS = ctypes.sizeof(uapi.iommu_vfio_ioas)
 _HWPT_ALLOC = ctypes.sizeof(uapi.iommu_hwpt_alloc)
 _HW_INFO = ctypes.sizeof(uapi.iommu_hw_info)
-_DIRTY_TRACKING = ctypes.sizeof(uapi.iommu_hwpt_set_dirty_tracking)
+_SET_DIRTY_TRACKING_SIZE = ctypes.sizeof(uapi.iommu_hwpt_set_dirty_tracking)
 _DIRTY_BITMAP = ctypes.sizeof(uapi.iommu_hwpt_get_dirty_bitmap)
 _INVALIDATE = ctypes.sizeof(uapi.iommu_hwpt_invalidate)
 _FAULT_ALLOC = ctypes.sizeof(uapi.iommu_fault_alloc)
@@ -884,7 +884,7 @@ class PagingHwpt(Hwpt, _NestingParent):
     @issues("IOMMU_HWPT_SET_DIRTY_TRACKING")
     def set_dirty_tracking(self, enable: bool, *, flags: int | None = None) -> None:
         value = int(enable) if flags is None else flags
-        cmd = uapi.iommu_hwpt_set_dirty_tracking(_DIRTY_TRACKING, value, self.id, 0)
+        cmd = uapi.iommu_hwpt_set_dirty_tracking(_SET_DIRTY_TRACKING_SIZE, value, self.id, 0)
         self.ictx.chan.call(
             "IOMMU_HWPT_SET_DIRTY_TRACKING", uapi.IOMMU_HWPT_SET_DIRTY_TRACKING, cmd
         )

@@ -213,3 +213,29 @@ def test_packed_bytes_and_arrays_are_sent_without_packing_and_never_stale(
     ]  # fmt: skip
     assert seen[0][1] == seen[1][1]  # one kept copy of the same bytes
     assert seen[3][1] == seen[4][1] == ctypes.addressof(array)
+
+
+def test_every_command_carries_its_own_struct_size(kernel: FakeKernel) -> None:
+    """Each ioctl's leading ``size`` field is sizeof its struct (a shadowed constant once sent
+    SET_DIRTY_TRACKING with size 2, the value of IOMMU_HWPT_ALLOC_DIRTY_TRACKING)."""
+    sizes: dict[str, int] = {}
+    for name, request, struct_type in (
+        ("HWPT_ALLOC", uapi.IOMMU_HWPT_ALLOC, uapi.iommu_hwpt_alloc),
+        (
+            "SET_DIRTY_TRACKING",
+            uapi.IOMMU_HWPT_SET_DIRTY_TRACKING,
+            uapi.iommu_hwpt_set_dirty_tracking,
+        ),
+    ):
+        previous = kernel.handlers.get(request)
+
+        def handle(fd: int, arg: Any, n: str = name, prev: Any = previous) -> Any:
+            sizes[n] = struct.unpack_from("=I", bytes(arg))[0]
+            return prev(fd, arg) if prev is not None else None
+
+        kernel.handlers[request] = handle
+        sizes[f"want {name}"] = ctypes.sizeof(struct_type)
+    hwpt = IommuFD(backend=kernel).ioas().paging_hwpt(7, dirty_tracking=True)
+    hwpt.set_dirty_tracking(True)
+    assert sizes["HWPT_ALLOC"] == sizes["want HWPT_ALLOC"]
+    assert sizes["SET_DIRTY_TRACKING"] == sizes["want SET_DIRTY_TRACKING"]
