@@ -153,6 +153,13 @@ class Scenario:
     description: str
     viommu: str | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: rows a correct run on the reference kernel (7.3) fails: listed findings, each with
+    #: its analysis beside the scenario; generic runners expect exactly these to fail
+    known_failures: Callable[[], Iterable[str]] | None = None
+
+    def expected_failures(self) -> frozenset[str]:
+        """The row names this scenario's verdict is expected to fail (its listed findings)."""
+        return frozenset(self.known_failures()) if self.known_failures is not None else frozenset()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -179,6 +186,7 @@ def scenario(
     guest: Callable[[str], GuestSpec] | GuestSpec,
     viommu: str | None = None,
     defaults: Mapping[str, Any] | None = None,
+    known_failures: Callable[[], Iterable[str]] | None = None,
 ) -> Callable[[RunFn], RunFn]:
     """Register ``fn`` as scenario ``name``; its docstring's first line describes it."""
 
@@ -200,6 +208,7 @@ def scenario(
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name,
             viommu=viommu,
             defaults=dict(defaults or {}),
+            known_failures=known_failures,
         )
         return fn
 

@@ -599,3 +599,11 @@ def test_succeeds_effect_marks_the_success_row_as_an_effect() -> None:
         ("bind again", EFFECT),
         ("a step", SETUP),
     ]
+
+
+def test_the_differential_declares_its_findings_to_generic_runners() -> None:
+    """tests/vm/test_scenarios.py expects exactly these rows to fail, no more, no fewer."""
+    from harness.scenarios.base import get
+
+    assert get("vtd-compat-differential").expected_failures() == vtd.finding_rows(vtd.BOTH_TYPES)
+    assert get("vtd-pasid").expected_failures() == frozenset()
