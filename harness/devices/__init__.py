@@ -1,7 +1,8 @@
 """Guest-side drivers for emulated DMA-capable devices (standard library only).
 
-``harness.devices.edu.Edu`` drives QEMU's ``edu`` DMA engine through a VFIO device; it
-knows nothing about the vIOMMU behind the device, so VT-d and SMMUv3 scenarios share it.
+``harness.devices.edu.Edu`` drives QEMU's ``edu`` DMA engine through a VFIO device and is a
+``DmaDriver`` (the VFIO selftests' ops table); it knows nothing about the vIOMMU behind the
+device, so VT-d and SMMUv3 scenarios share it.
 QEMU's ``igb`` is driven by the kernel's VFIO selftests' own driver (``harness kselftest``).
 ``DRIVERS`` lists the devices with who drives each; ``probe`` finds a device's entry.
 """

@@ -121,7 +121,15 @@ def check_transfer(
 
 
 class Edu:
-    """edu's DMA engine over a VFIO device: ``dma_to_device``, ``dma_from_device``, ``copy``."""
+    """edu's DMA engine over a VFIO device: ``dma_to_device``, ``dma_from_device``, ``copy``.
+
+    Also a ``harness.devices.base.DmaDriver`` (the VFIO selftests' ops table): a memcpy is
+    one buffer-full at most (edu copies through its 4 KiB buffer), ``memcpy_start``
+    programs the first transfer and returns, ``memcpy_wait`` drives the rest.
+    """
+
+    max_memcpy_size = BUFFER_SIZE
+    max_memcpy_count = 64
 
     def __init__(
         self,
@@ -137,6 +145,7 @@ class Edu:
         self.dma_mask = dma_mask
         self.poll_interval = poll_interval
         self.transfers: list[Transfer] = []
+        self._queued: list[tuple[int, int, int, bool]] = []
         if enable:
             self.enable()
 
@@ -199,9 +208,17 @@ class Edu:
     def _transfer(
         self, bus_address: int, length: int, buffer_offset: int, to_ram: bool, timeout: float
     ) -> Transfer:
-        check_transfer(bus_address, length, buffer_offset, self.dma_mask)
         self.wait_idle(timeout)
         start = time.monotonic()
+        self._start(bus_address, length, buffer_offset, to_ram)
+        self.wait_idle(timeout)
+        done = Transfer(bus_address, buffer_offset, length, to_ram, time.monotonic() - start)
+        self.transfers.append(done)
+        return done
+
+    def _start(self, bus_address: int, length: int, buffer_offset: int, to_ram: bool) -> None:
+        """Program one transfer and return without waiting for it."""
+        check_transfer(bus_address, length, buffer_offset, self.dma_mask)
         device_address = BUFFER_ADDR + buffer_offset
         if to_ram:
             self.write64(REG_DMA_SRC, device_address)
@@ -211,10 +228,6 @@ class Edu:
             self.write64(REG_DMA_DST, device_address)
         self.write64(REG_DMA_COUNT, length)
         self.write64(REG_DMA_CMD, DMA_CMD_RUN | (DMA_CMD_TO_RAM if to_ram else 0))
-        self.wait_idle(timeout)
-        done = Transfer(bus_address, buffer_offset, length, to_ram, time.monotonic() - start)
-        self.transfers.append(done)
-        return done
 
     def dma_to_device(
         self, iova: int, length: int, *, offset: int = 0, timeout: float = 10.0
@@ -244,6 +257,46 @@ class Edu:
             done.append(self.dma_to_device(src_iova + start, chunk, timeout=timeout))
             done.append(self.dma_from_device(dst_iova + start, chunk, timeout=timeout))
         return done
+
+    # --- the DmaDriver ops ----------------------------------------------------------
+
+    def init(self) -> None:
+        """Check the device is edu and alive, and let it master the bus."""
+        self.identify()
+        if not self.alive():
+            raise EduError("edu liveness register does not invert what is written")
+        self.enable()
+
+    def remove(self) -> None:
+        """Finish what runs, drop what is queued, and turn bus mastering off."""
+        self._queued.clear()
+        self.wait_idle()
+        command = self.command_register() & ~PCI_COMMAND_MASTER
+        self.device.write_region(CONFIG_REGION, PCI_COMMAND, command.to_bytes(2, "little"))
+
+    def memcpy_start(self, src: int, dst: int, size: int, count: int = 1) -> None:
+        """Queue ``count`` copies of ``size`` bytes ``src`` → ``dst`` and start the first."""
+        if not 0 < size <= self.max_memcpy_size:
+            raise EncodeError("edu memcpy size", f"{size} is not in 1..{self.max_memcpy_size}")
+        if not 0 < count <= self.max_memcpy_count:
+            raise EncodeError("edu memcpy count", f"{count} is not in 1..{self.max_memcpy_count}")
+        check_transfer(src, size, 0, self.dma_mask)
+        check_transfer(dst, size, 0, self.dma_mask)
+        for _ in range(count):
+            self._queued += [(src, size, 0, False), (dst, size, 0, True)]
+        self._start(*self._queued.pop(0))
+
+    def memcpy_wait(self, timeout: float = 10.0) -> float:
+        """Drive the queued transfers to the end; seconds waited."""
+        start = time.monotonic()
+        self.wait_idle(timeout)
+        while self._queued:
+            self._transfer(*self._queued.pop(0), timeout)
+        return time.monotonic() - start
+
+    def send_msi(self) -> None:
+        """Raise edu's interrupt (MSI when the guest enabled it, else INTx)."""
+        self.write32(REG_IRQ_RAISE, 1)
 
     # --- interrupts (polled) -------------------------------------------------------
 
