@@ -5,7 +5,8 @@ returns the top-level results that line finished, so a caller can print each tes
 ends.  Comment lines (``# ...``) and stray output between two result lines are the
 diagnostics of the second one, which is how ``kselftest_harness.h`` prints a test's
 assertion messages before its ``not ok`` line.  Subtests (KTAP: an indented block before
-its parent's result line) become the parent's ``subtests``.  ``finish()`` closes the
+its parent's result line; TAP 13 as ``run_kselftest.sh`` nests it: a block whose lines carry
+one more ``# `` prefix) become the parent's ``subtests``.  ``finish()`` closes the
 stream: a test that started (``#  RUN ...``) but never reported, or planned tests that
 never ran, are listed so a wedged guest keeps what did finish.
 """
@@ -76,9 +77,14 @@ class TapReport:
         return found
 
 
+#: a ``# `` prefix of nested TAP counts as this much indentation (beyond any real indent)
+_PREFIX_INDENT = 10_000
+
+
 @dataclass
 class _Level:
     indent: int
+    prefixes: int = 0
     results: list[TapResult] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     running: str | None = None
@@ -88,6 +94,25 @@ class _Level:
 
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
+
+
+def _looks_tap(text: str) -> bool:
+    return bool(_RESULT.match(text) or _PLAN.match(text) or _VERSION.match(text))
+
+
+def _unprefix(line: str, most: int | None = None) -> tuple[int, str]:
+    """Strip up to ``most`` leading ``# `` prefixes (all while TAP lies beneath when None)."""
+    count = 0
+    rest = line.strip()
+    while rest.startswith("# ") and (most is None or count < most):
+        inner = rest[2:].strip()
+        if most is None and not (inner.startswith("# ") or _looks_tap(inner)):
+            break
+        rest = inner
+        count += 1
+    if count == 0 or (most is None and not _looks_tap(rest)):
+        return 0, line
+    return count, rest
 
 
 def parse_result_line(text: str) -> tuple[bool, int | None, str, str, str] | None:
@@ -136,13 +161,16 @@ class TapParser:
         line = line.rstrip("\r\n")
         if not line.strip():
             return []
-        indent = _indent(line)
-        text = line.strip()
         top = self._levels[-1]
-        looks_tap = bool(_RESULT.match(text) or _PLAN.match(text) or _VERSION.match(text))
+        prefixes, body = _unprefix(line)
+        looks_tap = _looks_tap(body.strip())
+        if not looks_tap:  # a comment of the current block: drop that block's prefixes
+            prefixes, body = _unprefix(line, top.prefixes)
+        indent = prefixes * _PREFIX_INDENT + _indent(body)
+        text = body.strip()
         if looks_tap and indent > top.indent:
             # an indented block: subtests of the result line that will follow it
-            self._levels.append(_Level(indent=indent))
+            self._levels.append(_Level(indent=indent, prefixes=prefixes))
             top = self._levels[-1]
         while looks_tap and len(self._levels) > 1 and indent < top.indent:
             self._close_level()

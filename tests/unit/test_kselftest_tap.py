@@ -119,3 +119,41 @@ def test_expected_skip_is_a_junit_skip_naming_the_reason() -> None:
     assert skipped is not None
     assert skipped.get("message") == "expected skip: no 1 GiB page reserved"
     assert root.find(".//testsuite").get("name") == "arm64/smmuv3-s1/vfio_dma_mapping_test"  # type: ignore[union-attr]
+
+
+NESTED = """\
+TAP version 13
+1..2
+# timeout set to 45
+# selftests: iommu: iommufd
+# TAP version 13
+# 1..2
+# # Starting 2 tests from 1 test cases.
+# #  RUN           iommufd.simple_close ...
+# #            OK  iommufd.simple_close
+# ok 1 iommufd.simple_close
+# #  RUN           iommufd.cmd_fail ...
+# # iommufd.c:42:cmd_fail:Expected 0 (0) == rc (-1)
+# #          FAIL  iommufd.cmd_fail
+# not ok 2 iommufd.cmd_fail
+# # FAILED: 1 / 2 tests passed.
+not ok 1 selftests: iommu: iommufd # exit=1
+# selftests: iommu: iommufd_fail_nth
+ok 2 selftests: iommu: iommufd_fail_nth
+"""
+
+
+def test_run_kselftest_nesting_by_hash_prefix_becomes_subtests() -> None:
+    report = parse(NESTED)
+    assert [(r.name, r.outcome) for r in report.results] == [
+        ("selftests: iommu: iommufd", "fail"),
+        ("selftests: iommu: iommufd_fail_nth", "pass"),
+    ]
+    inner = report.results[0].subtests
+    assert [(s.number, s.name, s.outcome) for s in inner] == [
+        (1, "iommufd.simple_close", "pass"),
+        (2, "iommufd.cmd_fail", "fail"),
+    ]
+    # the nested test's assertion message is its diagnostic, its own prefix removed
+    assert "iommufd.c:42:cmd_fail:Expected 0 (0) == rc (-1)" in inner[1].diagnostics
+    assert "selftests: iommu: iommufd" in report.results[0].diagnostics
