@@ -441,23 +441,16 @@ class IommuFD:
 
         ``fault`` attaches a fault queue (and sets IOMMU_HWPT_FAULT_ID_VALID).
         """
-        hwpt_id, dev_no, flags = self._alloc_hwpt(dev, pt, flags, data_type, data, data_len, fault)
+        hwpt_id, dev_no, flags = self._alloc_hwpt(
+            self._hwpt_command(dev, pt, flags, data_type, data, data_len, fault)
+        )
         if isinstance(pt, _NestingParent) or (isinstance(pt, int) and data_type != _HWPT_DATA_NONE):
             return NestedHwpt(self, hwpt_id, parent=pt, dev=dev_no, flags=flags)
         return PagingHwpt(self, hwpt_id, ioas=pt, dev=dev_no, flags=flags)
 
-    def _alloc_hwpt(
-        self,
-        dev: int | HasDevId,
-        pt: int | HasId,
-        flags: int,
-        data_type: int,
-        data: Data | None,
-        data_len: int | None,
-        fault: int | HasId | None,
-    ) -> tuple[int, int, int]:
-        """IOMMU_HWPT_ALLOC itself: (the new HWPT's ID, the device ID, the flags sent)."""
-        cmd, keep = self._hwpt_command(dev, pt, flags, data_type, data, data_len, fault)
+    def _alloc_hwpt(self, command: tuple[bytearray, Any]) -> tuple[int, int, int]:
+        """Send a ``_hwpt_command``: (the new HWPT's ID, the device ID, the flags sent)."""
+        cmd, keep = command
         self.chan.call_buf("IOMMU_HWPT_ALLOC", _IOMMU_HWPT_ALLOC, cmd, _HWPT_LAYOUT)
         del keep  # alive until the kernel has copied the data
         sent = _HWPT_LAYOUT.unpack_from(cmd)
@@ -844,7 +837,9 @@ class IOAS(IommufdObject):
         if dirty_tracking:
             flags |= _DIRTY_TRACKING
         ictx = self.ictx
-        hwpt_id, dev_no, flags = ictx._alloc_hwpt(dev, self, flags, data_type, data, None, None)
+        hwpt_id, dev_no, flags = ictx._alloc_hwpt(
+            ictx._hwpt_command(dev, self, flags, data_type, data, None, None)
+        )
         return PagingHwpt(ictx, hwpt_id, ioas=self, dev=dev_no, flags=flags)
 
 

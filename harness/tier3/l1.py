@@ -80,14 +80,19 @@ class Payload:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def find_mke2fs() -> str | None:
+    """mke2fs on PATH or in /usr/sbin, where it lives but an ordinary user's PATH on
+    Debian does not look."""
+    return shutil.which("mke2fs") or shutil.which("mke2fs", path="/usr/sbin:/sbin")
+
+
 def payload_disk(payload: Payload, directory: Path | None = None, log: Log | None = None) -> Path:
     """The cached ext4 image holding ``payload`` (built with ``mke2fs -d`` when missing)."""
     directory = directory or cache_dir()
     disk = directory / f"payload-{payload.key()}.img"
     if disk.exists():
         return disk
-    # An ordinary user's PATH on Debian has no /usr/sbin, where mke2fs lives.
-    mke2fs = shutil.which("mke2fs") or shutil.which("mke2fs", path="/usr/sbin:/sbin")
+    mke2fs = find_mke2fs()
     if mke2fs is None:
         raise HarnessError("mke2fs not found: install e2fsprogs (scripts/setup.sh does)")
     staging = directory / f".staging-{os.getpid()}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import struct
 import threading
@@ -24,7 +23,14 @@ from harness.scenarios.base import Verdict, get, load_all
 from harness.smmuv3 import predict_idrs
 from harness.tier3 import hostcheck, rmr
 from harness.tier3.forward import ChannelForward, LogMirror, unix_bridge_command
-from harness.tier3.l1 import Payload, l1_machine, l2_iort_key, payload_args, payload_disk
+from harness.tier3.l1 import (
+    Payload,
+    find_mke2fs,
+    l1_machine,
+    l2_iort_key,
+    payload_args,
+    payload_disk,
+)
 from harness.tier3.l2 import startup_trace_args
 from harness.tier3.passthrough import (
     AccelSmmuTopology,
@@ -522,7 +528,7 @@ def test_log_mirror_copies_and_catches_up(tmp_path: Path) -> None:
 # -- L1: payload disk and machine -------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("mke2fs") is None, reason="mke2fs (e2fsprogs) not installed")
+@pytest.mark.skipif(find_mke2fs() is None, reason="mke2fs (e2fsprogs) not installed")
 def test_payload_disk_is_built_once_per_content(tmp_path: Path) -> None:
     files = tmp_path / "files"
     files.mkdir()

@@ -165,26 +165,27 @@ def smmu_machine(cmd_log2: int = 4, evt_log2: int = 3) -> FakeQemu:
     return qemu
 
 
+def _produce(qemu: FakeQemu, regs: tuple[int, int], base: int, size: int, entries: list[bytes],
+             log2: int) -> None:  # fmt: skip
+    """Write ``entries`` at PROD of the queue whose PROD/CONS are ``regs``; CONS catches up."""
+    prod_reg, cons_reg = regs
+    prod = qemu.regs[SMMU + prod_reg][0]
+    wrap = (2 << log2) - 1
+    for data in entries:
+        qemu.poke(base + (prod & ((1 << log2) - 1)) * size, data)
+        prod = (prod + 1) & wrap
+    qemu.regs[SMMU + prod_reg] = (prod, 4)
+    qemu.regs[SMMU + cons_reg] = (prod, 4)
+
+
 def produce_commands(qemu: FakeQemu, commands: list[bytes], log2: int = 4) -> None:
     """Write ``commands`` at PROD as the guest kernel would; the SMMU consumes them all."""
-    prod = qemu.regs[SMMU + SMMU_CMDQ_PROD][0]
-    mask = (2 << log2) - 1
-    for data in commands:
-        qemu.poke(CMDQ_AT + (prod & ((1 << log2) - 1)) * 16, data)
-        prod = (prod + 1) & mask
-    qemu.regs[SMMU + SMMU_CMDQ_PROD] = (prod, 4)
-    qemu.regs[SMMU + SMMU_CMDQ_CONS] = (prod, 4)
+    _produce(qemu, (SMMU_CMDQ_PROD, SMMU_CMDQ_CONS), CMDQ_AT, 16, commands, log2)
 
 
 def produce_events(qemu: FakeQemu, records: list[bytes], log2: int = 3) -> None:
     """The SMMU writes ``records`` at PROD; the guest drains them (CONS catches up)."""
-    prod = qemu.regs[SMMU + SMMU_EVTQ_PROD][0]
-    mask = (2 << log2) - 1
-    for data in records:
-        qemu.poke(EVTQ_AT + (prod & ((1 << log2) - 1)) * 32, data)
-        prod = (prod + 1) & mask
-    qemu.regs[SMMU + SMMU_EVTQ_PROD] = (prod, 4)
-    qemu.regs[SMMU + SMMU_EVTQ_CONS] = (prod, 4)
+    _produce(qemu, (SMMU_EVTQ_PROD, SMMU_EVTQ_CONS), EVTQ_AT, 32, records, log2)
 
 
 # -- finding the window and reading ---------------------------------------------------------
