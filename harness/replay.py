@@ -77,9 +77,9 @@ def replay_scenario(
     scenario = resolve_scenario(bundle)
     record = bundle.guests[0]
     binary = probe.resolve_binary(record.machine.arch, qemu or record.qemu["path"])
-    probe.require_properties(record.machine, probe.probe(binary))
+    machine = probe.adapt_machine(record.machine, probe.probe(binary))
     prepared = Prepared(
-        machine=record.machine,
+        machine=machine,
         binary=binary,
         ready_marker=record.ready_marker,
         image=dict(record.image),

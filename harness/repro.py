@@ -29,7 +29,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,9 @@ def guest_record(
     """One guest of a bundle: description, identities of what it booted, artifacts."""
     kernel = file_identity(machine.kernel)
     kernel["release"] = image.get("kernel_release", "")
+    # where the kernel came from: package version / tree commit + dirty hash / file
+    for name, value in dict(image.get("kernel") or {}).items():
+        kernel.setdefault(name, value)
     return {
         "name": name,
         "machine": machine.describe(),
@@ -385,3 +388,18 @@ def resolve_scenario(bundle: Bundle) -> Scenario:
             f" (known: {', '.join(sorted(base.REGISTRY)) or 'none'})"
         )
     return base.REGISTRY[name]
+
+
+def with_kernel(
+    bundle: Bundle, kernel: Path, identity: Mapping[str, Any], release: str = ""
+) -> Bundle:
+    """The bundle with its guests booting ``kernel`` instead of the recorded one (``harness
+    repro --kernel/--kernel-tree/--kernel-flavor``); the identity replaces the recorded one."""
+    guests = []
+    for record in bundle.guests:
+        entry = {**file_identity(kernel), "release": release, **dict(identity)}
+        image = {**record.image, "kernel": dict(identity), "kernel_release": release,
+                 "kernel_override": str(kernel)}  # fmt: skip
+        machine = replace(record.machine, kernel=Path(kernel))
+        guests.append(replace(record, machine=machine, kernel=entry, image=image))
+    return replace(bundle, guests=tuple(guests))

@@ -30,7 +30,7 @@ done
 
 # Base-suite packages (uidmap: newuidmap/newgidmap for image builds as an ordinary user).
 APT_BASE=(
-    build-essential flex bison bc libelf-dev libssl-dev dwarves rsync cpio xz-utils zstd
+    build-essential flex bison bc libelf-dev libssl-dev dwarves rsync cpio xz-utils zstd ccache
     kmod gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     mmdebstrap uidmap e2fsprogs debian-archive-keyring qemu-efi-aarch64
     python3-venv git acpica-tools busybox

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 
-from harness import images
-from harness.artifacts import new_artifacts_dir
+from harness.artifacts import add_artifacts_option, new_artifacts_dir
 from harness.commands import name_value
 from harness.guest import Guest
+from harness.images.command import add_kernel_options, kernel_choice
 from harness.profiles import VIOMMU_FOR_ARCH, guest_machine, make_viommu
 from harness.qemu.machine import MachineError
+from harness.qemu.probe import adapt_machine, probe, resolve_binary
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +28,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--device", action="append", default=[], help="device to add, e.g. edu (repeatable)"
     )
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    parser.add_argument("--qemu", help="QEMU binary (default: the installed one)")
+    parser.add_argument("--qemu", help="installed | 10 | 11 | a QEMU binary (default: installed)")
     parser.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
     parser.add_argument("--firmware", choices=("direct", "uefi"), default="direct")
+    add_kernel_options(parser, path=True)
+    add_artifacts_option(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--keep", action="store_true", help="keep the guest until Ctrl-C")
     group.add_argument("--run", metavar="CMD", help="run CMD in the guest, exit with its status")
@@ -37,13 +41,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     kind = VIOMMU_FOR_ARCH[args.arch] if args.viommu == "auto" else args.viommu
     viommu = make_viommu(kind, dict(args.viommu_opt))
-    image = images.ensure(args.arch)
+    image = kernel_choice(args).image(args.arch)
     machine = guest_machine(
         image, viommu, args.device, accel=args.accel, memory_mb=args.memory,
         firmware=args.firmware,
     )  # fmt: skip
-    artifacts = new_artifacts_dir(f"boot-{args.arch}-{kind}")
-    with Guest(machine, artifacts, ready_marker=image.ready_marker, qemu=args.qemu) as guest:
+    binary = resolve_binary(args.arch, args.qemu)  # `11`, a build dir, or the installed one
+    machine = adapt_machine(machine, probe(binary))
+    artifacts = args.artifacts or new_artifacts_dir(f"boot-{args.arch}-{kind}")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "kernel.json").write_text(json.dumps(image.kernel_identity, indent=1) + "\n")
+    with Guest(machine, artifacts, ready_marker=image.ready_marker, qemu=binary) as guest:
         return serve(guest, args.run, args.keep)
 
 

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.artifacts import new_artifacts_dir
+from harness.artifacts import add_artifacts_option, new_artifacts_dir
 from harness.commands import name_value
+from harness.images.command import add_kernel_options, kernel_choice
 from harness.kselftest import expected as expected_results
 from harness.kselftest.build import ensure_selftests
 from harness.kselftest.expected import Judgement
@@ -52,10 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, help="seconds per binary (default: per binary)")
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    parser.add_argument("--qemu", help="QEMU binary (default: the installed one)")
+    parser.add_argument("--qemu", help="installed | 10 | 11 | a QEMU binary (default: installed)")
     parser.add_argument("--expected", type=Path, default=expected_results.EXPECTED_FILE,
                         help="expected-results file (default: %(default)s)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_kernel_options(parser, path=True)
+    add_artifacts_option(parser)
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -110,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
     selection = select(args.suite, args.test)
     kind = None if args.viommu == "auto" else args.viommu
     chosen = configs(args.arch, kind, dict(args.viommu_opt), args.config)
+    kernel = kernel_choice(args)
+    image = kernel.image(args.arch)
     build = ensure_selftests(args.arch)
-    root = new_artifacts_dir(f"kselftest-{args.arch}")
+    root = args.artifacts or new_artifacts_dir(f"kselftest-{args.arch}")
+    root.mkdir(parents=True, exist_ok=True)
     live = sys.stderr if args.json else sys.stdout
     on_result = _printer(live)
     started = time.monotonic()
@@ -136,12 +142,14 @@ def run(args: argparse.Namespace) -> int:
                 accel=args.accel,
                 qemu=args.qemu,
                 timeout=args.timeout,
+                image=image,
             )
         )
     wall = time.monotonic() - started
     cases = [case for outcome in outcomes for r in outcome.runs for case in r.cases()]
     (root / "junit.xml").write_text(to_xml(cases))
     verdict = verdict_of(outcomes, wall)
+    verdict.facts["kernel"] = image.kernel_identity
     (root / "verdict.json").write_text(json.dumps(verdict.to_json(), indent=1, default=str) + "\n")
     document = write_results(root / "results.json", outcomes, build, wall)
     ok = verdict.passed

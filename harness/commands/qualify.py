@@ -56,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"avocado is not installed ({exc}): pip install -e '.[qualify]'"
         ) from None
-    from harness.qualify.report import collect, text_table, totals, write_report
+    from harness.qualify.report import (
+        collect,
+        load_capabilities,
+        text_table,
+        totals,
+        write_report,
+    )
 
     results = args.results or artifacts_root() / "qualify"
     start = time.monotonic()
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_path.read_text())
     else:
-        print(text_table(rows))
+        print(text_table(rows, load_capabilities(outcome.logdir)))
     counts = totals(rows)
     print(
         f"qualification {matrix.name}: {counts['passed']} passed, {counts['failed']} failed,"

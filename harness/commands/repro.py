@@ -2,7 +2,9 @@
 
 Exit status: 0 when the replay passes, 1 when it fails (the verdict), 2 when the
 bundle cannot be used (one line naming the problem).  A changed QEMU or kernel file
-(sha256) is a warning unless ``--strict``; a missing one is an error.
+(sha256) is a warning unless ``--strict``; a missing one is an error.  The recorded
+kernel is replayed unless ``--kernel PATH``, ``--kernel-tree DIR`` or
+``--kernel-flavor F`` names another (its identity then replaces the recorded one).
 """
 
 from __future__ import annotations
@@ -12,8 +14,16 @@ import json
 import sys
 from pathlib import Path
 
+from harness.images.command import add_kernel_options, kernel_choice
 from harness.replay import replay_scenario, replay_test
-from harness.repro import Bundle, BundleError, check_files, read_bundle, resolve_scenario
+from harness.repro import (
+    Bundle,
+    BundleError,
+    check_files,
+    read_bundle,
+    resolve_scenario,
+    with_kernel,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +36,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="refuse a QEMU / kernel / initramfs whose sha256 changed")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument("--artifacts", type=Path, help="artifacts directory for the replay")
+    add_kernel_options(parser, path=True)
+
+
+def _override_kernel(bundle: Bundle, args: argparse.Namespace) -> Bundle:
+    """The bundle with the kernel the options name (unchanged when none is given)."""
+    choice = kernel_choice(args)
+    if choice.is_default:
+        return bundle
+    if bundle.kind != "scenario":
+        raise BundleError(f"{bundle.path}: --kernel options replay scenario bundles only")
+    arch = bundle.guests[0].machine.arch
+    image = choice.image(arch, str(bundle.guests[0].image.get("flavor") or "default"))
+    return with_kernel(bundle, image.kernel, image.kernel_identity, image.kernel_release)
 
 
 def _error(message: str) -> int:
@@ -48,7 +71,7 @@ def _describe(bundle: Bundle) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        bundle = read_bundle(args.bundle)
+        bundle = _override_kernel(read_bundle(args.bundle), args)
         if bundle.kind == "scenario":
             resolve_scenario(bundle)
         for warning in check_files(bundle, qemu=args.qemu, strict=args.strict):

@@ -1,7 +1,10 @@
-"""Guest images: kernels built from Debian's linux-source-7.3 and Debian trixie initramfs.
+"""Guest images: kernels built from Debian's linux-source-7.3 (or a user's kernel tree)
+and Debian trixie initramfs.
 
-``ensure(arch, flavor)`` returns a :class:`GuestImage` (building it on a cold cache);
-``lookup`` only finds. Importing this package has no side effects.
+``ensure(arch, flavor, kernel_tree=None, kernel_flavor="default")`` returns a
+:class:`GuestImage` (building it on a cold cache); ``lookup`` only finds;
+``tree.tree_state(path)`` says which state of a tree a kernel would be built from.
+Importing this package has no side effects.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from harness.images.errors import (
     PrerequisiteError,
 )
 from harness.images.pipeline import GuestImage, ensure, lookup
+from harness.images.tree import KernelTreeError, TreeState, tree_state
 
 __all__ = [
     "ARCHES",
@@ -22,7 +26,10 @@ __all__ = [
     "ImageBuildError",
     "ImageNotBuiltError",
     "KernelConfigError",
+    "KernelTreeError",
     "PrerequisiteError",
+    "TreeState",
     "ensure",
     "lookup",
+    "tree_state",
 ]

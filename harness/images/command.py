@@ -8,11 +8,13 @@ import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 from harness.errors import ConfigError
 from harness.images.arches import ARCHES
 from harness.images.cache import Cache
+from harness.images.choice import KernelChoice
 from harness.images.kernel import find_source, source_artifact_name
 from harness.images.pipeline import ensure, lookup, plan
 from harness.images.progress import StreamProgress, format_duration
@@ -26,11 +28,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--arch", required=True, choices=[*ARCHES, "all"])
     build.add_argument("--flavor", default="default", help="root filesystem flavor")
     build.add_argument("--jobs", type=int, default=None, help="make -j (default: CPU count)")
+    add_kernel_options(build)
     path = actions.add_parser("path", help="print the cached image's paths as JSON")
     path.add_argument("--arch", required=True, choices=list(ARCHES))
     path.add_argument("--flavor", default="default", help="root filesystem flavor")
+    add_kernel_options(path)
     gc = actions.add_parser("gc", help="delete cached artifacts the current recipes do not use")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+
+
+def add_kernel_options(parser: argparse.ArgumentParser, *, path: bool = False) -> None:
+    """``--kernel-tree DIR`` and ``--kernel-flavor F`` (plus ``--kernel PATH`` if ``path``)."""
+    parser.add_argument(
+        "--kernel-tree", type=Path, metavar="DIR",
+        help="build the guest kernel from this source tree (out of tree; keyed by its state)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kernel-flavor", default="default", metavar="F",
+        help="kernel flavor: default, or debug (KASAN, lockdep, UBSAN, ...)",
+    )  # fmt: skip
+    if path:
+        parser.add_argument(
+            "--kernel", type=Path, metavar="PATH", help="boot this kernel image instead"
+        )
+
+
+def kernel_choice(args: argparse.Namespace) -> KernelChoice:
+    """The :class:`KernelChoice` of a command's ``add_kernel_options`` arguments."""
+    return KernelChoice(
+        path=getattr(args, "kernel", None), tree=args.kernel_tree, flavor=args.kernel_flavor
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
     if action == "build":
         return _build(args)
     if action == "path":
-        print(json.dumps(lookup(args.arch, args.flavor).to_json(), indent=2))
+        image = lookup(
+            args.arch,
+            args.flavor,
+            kernel_tree=args.kernel_tree,
+            kernel_flavor=args.kernel_flavor,
+        )
+        print(json.dumps(image.to_json(), indent=2))
         return 0
     return _gc(args)
 
@@ -65,10 +98,18 @@ def _build_each(args: argparse.Namespace) -> None:
     progress = StreamProgress()
     for arch in arches:
         started = time.monotonic()
-        image = ensure(arch, args.flavor, progress, jobs=args.jobs)
+        image = ensure(
+            arch,
+            args.flavor,
+            progress,
+            jobs=args.jobs,
+            kernel_tree=args.kernel_tree,
+            kernel_flavor=args.kernel_flavor,
+        )
         took = format_duration(time.monotonic() - started)
+        kernel_flavor = "" if args.kernel_flavor == "default" else f" kernel {args.kernel_flavor}"
         progress.message(
-            f"{arch}/{args.flavor} {image.key} ({took}): kernel {image.kernel}"
+            f"{arch}/{args.flavor}{kernel_flavor} {image.key} ({took}): kernel {image.kernel}"
             f" ({image.sizes['kernel'] / 2**20:.1f} MiB), initramfs {image.initramfs}"
             f" ({image.sizes['initramfs'] / 2**20:.0f} MiB)"
         )
@@ -80,9 +121,10 @@ def _gc(args: argparse.Namespace) -> int:
     keep: set[tuple[str, str]] = set()
     for arch in ARCHES:
         for flavor in recipe.flavors():
-            the_plan = plan(arch, flavor, recipe)
-            keep.add(("kernel", the_plan.kernel_name))
-            keep.add(("rootfs", the_plan.rootfs_name))
+            for kernel_flavor in recipe.kernel_flavors():
+                the_plan = plan(arch, flavor, recipe, kernel_flavor=kernel_flavor)
+                keep.add(("kernel", the_plan.kernel_name))
+                keep.add(("rootfs", the_plan.rootfs_name))
     current_source = source_artifact_name(find_source())
     removed = 0
     for kind in ("kernel", "rootfs", "src"):

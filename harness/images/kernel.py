@@ -1,13 +1,16 @@
 """Guest kernels from Debian's ``linux-source-7.3``: fragments on allnoconfig, checked, built.
 
-The source tarball is extracted once per package version into the cache. Each arch has
-one persistent out-of-tree build directory (``kbuild/<arch>``) reused across keys, so a
-changed fragment recompiles only what it touches; the finished kernel still goes through
-a staging directory and is published by rename like every other artifact.
+The source tarball is extracted once per package version into the cache. Each source
+(package or user's tree), arch and kernel flavor has one persistent out-of-tree build
+directory under ``kbuild/`` reused across keys, so a changed fragment or source file
+recompiles only what it touches; the finished kernel still goes through a staging
+directory and is published by rename like every other artifact.  Nothing is written into
+the source tree (``make O=``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -129,6 +132,14 @@ def check_config(fragments: list[tuple[str, str]], config_text: str) -> None:
         raise KernelConfigError("kernel config", describe_mismatches(found))
 
 
+def ccache_make_args(spec: ArchSpec, cache: Cache) -> tuple[list[str], dict[str, str]]:
+    """``CC=ccache <gcc>`` and its environment when ``ccache`` is installed, else nothing."""
+    if shutil.which("ccache") is None:
+        return [], {}
+    env = {"CCACHE_DIR": str(cache.root / "ccache"), "CCACHE_MAXSIZE": "5G"}
+    return [f"CC=ccache {spec.cross_compile}gcc"], env
+
+
 def build_kernel(
     spec: ArchSpec,
     key: str,
@@ -139,10 +150,21 @@ def build_kernel(
     log_path: Path,
     progress: Progress,
     jobs: int,
+    *,
+    obj: Path | None = None,
+    use_ccache: bool = False,
+    identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Configure, check and compile one kernel into ``staging``; returns its metadata."""
+    """Configure, check and compile one kernel into ``staging``; returns its metadata.
+
+    ``obj`` is the persistent build directory (default ``kbuild/<arch>``); ``identity``
+    (source, commit, dirty hash, kernel flavor) goes into the metadata with the release
+    and the sha256 of the final ``.config``.
+    """
     started = time.monotonic()
-    obj = cache.root / "kbuild" / spec.name
+    obj = obj or cache.root / "kbuild" / spec.name
+    cc_args, cc_env = ccache_make_args(spec, cache) if use_ccache else ([], {})
+    build_env = {**BUILD_ENV, **cc_env}
     make = [
         "make",
         "-C",
@@ -150,6 +172,7 @@ def build_kernel(
         f"O={obj}",
         f"ARCH={spec.kernel_arch}",
         f"CROSS_COMPILE={spec.cross_compile}",
+        *cc_args,
     ]
     with cache.lock("kernel-build", progress), log_path.open("w") as log:
         stamp = obj / ".viommu-source"
@@ -160,7 +183,7 @@ def build_kernel(
         stamp.write_text(str(source_tree))
 
         progress.begin(f"kernel {spec.name}: configure (allnoconfig + fragments, olddefconfig)")
-        run_logged("make allnoconfig", [*make, "allnoconfig"], log, log_path, env=BUILD_ENV)
+        run_logged("make allnoconfig", [*make, "allnoconfig"], log, log_path, env=build_env)
         fragment_dir = obj / "fragments"
         shutil.rmtree(fragment_dir, ignore_errors=True)
         fragment_dir.mkdir()
@@ -183,7 +206,7 @@ def build_kernel(
             cwd=source_tree,
             env={"ARCH": spec.kernel_arch, "CROSS_COMPILE": spec.cross_compile},
         )
-        run_logged("make olddefconfig", [*make, "olddefconfig"], log, log_path, env=BUILD_ENV)
+        run_logged("make olddefconfig", [*make, "olddefconfig"], log, log_path, env=build_env)
         try:
             check_config(fragments, (obj / ".config").read_text())
         except KernelConfigError as exc:
@@ -191,10 +214,10 @@ def build_kernel(
             raise KernelConfigError(exc.step, exc.problem, log_path) from None
         progress.end()
 
-        stats_name = f"kernel-{spec.name}"
+        stats_name = f"kernel-{obj.name}"
         expected = int(cache.read_stats(stats_name).get("steps", spec.expected_kernel_steps))
         estimate = StepEstimate(expected)
-        how = "from scratch" if fresh else "incremental"
+        how = ("from scratch" if fresh else "incremental") + (", ccache" if cc_args else "")
         progress.begin(f"kernel {spec.name}: compile {spec.image_target} ({how}, -j{jobs})")
 
         def on_line(line: str) -> None:
@@ -206,7 +229,7 @@ def build_kernel(
             [*make, f"-j{jobs}", spec.image_target],
             log,
             log_path,
-            env=BUILD_ENV,
+            env=build_env,
             on_line=on_line,
         )
         if fresh:
@@ -215,6 +238,7 @@ def build_kernel(
         image = obj / spec.image_path
         shutil.copyfile(image, staging / spec.image_target)
         shutil.copyfile(obj / ".config", staging / CONFIG)
+        config_sha256 = hashlib.sha256((staging / CONFIG).read_bytes()).hexdigest()
         progress.end(f"{release}, {image.stat().st_size / 2**20:.1f} MiB, {estimate.steps} steps")
         log.write(f"kernel {release}: {image.stat().st_size} bytes\n")
     return {
@@ -229,5 +253,8 @@ def build_kernel(
         "jobs": jobs,
         "build_seconds": round(time.monotonic() - started, 1),
         "source_tree": str(source_tree),
+        "kbuild": str(obj),
+        "ccache": bool(cc_args),
         "os_cpu_count": os.cpu_count(),
+        "identity": {**(identity or {}), "release": release, "config_sha256": config_sha256},
     }

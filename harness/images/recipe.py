@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.images.arches import ArchSpec
+from harness.images.arches import ARCHES, ArchSpec
 from harness.images.cache import content_key
 from harness.images.kconfig import merge_requests
 
@@ -45,9 +45,20 @@ class Recipe:
         """Files installed into every root filesystem (``init``, ``sshd_config``)."""
         return self.root / "guests" / "init"
 
-    def fragments(self, spec: ArchSpec) -> list[tuple[str, str]]:
-        """``(file name, text)`` of the fragments applied for an arch, in merge order."""
+    def kernel_flavors(self) -> list[str]:
+        """Kernel flavors: ``default`` plus one per ``images/kernel/<flavor>.config``."""
+        fixed = {"common", *ARCHES}
+        extra = sorted(p.stem for p in self.kernel_dir.glob("*.config") if p.stem not in fixed)
+        return ["default", *extra]
+
+    def fragments(self, spec: ArchSpec, kernel_flavor: str = "default") -> list[tuple[str, str]]:
+        """``(file name, text)`` of the fragments for an arch and kernel flavor, in merge order."""
         names = ["common.config", f"{spec.name}.config"]
+        if kernel_flavor != "default":
+            if kernel_flavor not in self.kernel_flavors():
+                known = ", ".join(self.kernel_flavors())
+                raise ConfigError(f"unknown kernel flavor {kernel_flavor!r} (known: {known})")
+            names.append(f"{kernel_flavor}.config")
         fragments = []
         for name in names:
             path = self.kernel_dir / name
@@ -86,13 +97,23 @@ class Recipe:
         """sha256 of each named recipe code file."""
         return {name: _digest((self.code_dir / name).read_bytes()) for name in names}
 
-    def kernel_inputs(self, spec: ArchSpec, source_version: str, toolchain: str) -> dict[str, Any]:
-        """Everything that determines a kernel build (hashed into its key)."""
-        requests = merge_requests(self.fragments(spec))
+    def kernel_inputs(
+        self,
+        spec: ArchSpec,
+        source: str | dict[str, str],
+        toolchain: str,
+        kernel_flavor: str = "default",
+    ) -> dict[str, Any]:
+        """Everything that determines a kernel build (hashed into its key).
+
+        ``source`` is the package version, or a tree's ``TreeState.key_fields()``.
+        """
+        requests = merge_requests(self.fragments(spec, kernel_flavor))
         return {
             "kind": "kernel",
             **spec.kernel_fields(),
-            "source": source_version,
+            "kernel_flavor": kernel_flavor,
+            "source": source,
             "toolchain": toolchain,
             "options": {name: request.value for name, request in requests.items()},
             "code": self.code_digest(KERNEL_CODE),

@@ -32,6 +32,7 @@ from harness.kselftest.tap import Outcome, TapParser, TapReport, TapResult
 from harness.profiles import guest_machine, make_viommu
 from harness.qemu.description import Igb
 from harness.qemu.machine import MachineError
+from harness.qemu.probe import adapt_machine, probe, resolve_binary
 
 #: guest memory: one 1 GiB page + 256 2 MiB pages reserved, the rest for the root fs
 MEMORY_MB = 4096
@@ -245,14 +246,18 @@ def run_config(
     accel: str = "auto",
     qemu: str | None = None,
     timeout: float | None = None,
+    image: images.GuestImage | None = None,
 ) -> ConfigRun:
-    """Boot one guest for ``config`` and run the selected binaries in it, in order."""
-    image = images.ensure(config.arch)
+    """Boot one guest for ``config`` (``image``, else the default one) and run the selected
+    binaries in it, in order."""
+    image = image or images.ensure(config.arch)
     viommu = make_viommu(config.kind, config.options)
     devices = ["igb"] if "vfio" in selection.binaries else []
     machine = guest_machine(
         image, viommu, devices, accel=accel, memory_mb=MEMORY_MB, append=KERNEL_ARGS
     )
+    binary = resolve_binary(config.arch, qemu)
+    machine = adapt_machine(machine, probe(binary))
     artifacts = new_artifacts_dir(f"{config.arch}-{config.label}", root=root)
     outcome = ConfigRun(config, artifacts)
     pending = [
@@ -263,7 +268,7 @@ def run_config(
     started = time.monotonic()
     try:
         with Guest(
-            machine, artifacts, ready_marker=image.ready_marker, qemu=qemu, log=log
+            machine, artifacts, ready_marker=image.ready_marker, qemu=binary, log=log
         ) as guest:
             outcome.boot_s = round(time.monotonic() - started, 1)
             outcome.facts = prepare_guest(guest, build, selection)

@@ -98,6 +98,9 @@ class IntelIommu:
     dma_drain: bool | None = None
     pt: bool | None = None
     fs1gp: bool | None = None
+    #: QEMU >= 11's property names (``scalable-mode``, ``fsts``); set by
+    #: ``harness.qemu.probe.adapt_machine`` from what the QEMU in use has
+    qemu11_names: bool = False
 
     kind = "vtd"
 
@@ -115,12 +118,15 @@ class IntelIommu:
         "pt": "pt",
         "fs1gp": "fs1gp",
     }
+    #: the names QEMU 11 gave the same properties (QEMU 10.x: ``x-`` prefixed / ``x-flts``)
+    PROPERTIES_QEMU11 = {"scalable_mode": "scalable-mode", "flts": "fsts"}
 
     def properties(self) -> dict[str, Any]:
         """The QEMU properties this description sets, in a fixed order."""
+        names = {**self.PROPERTIES, **(self.PROPERTIES_QEMU11 if self.qemu11_names else {})}
         return {
             prop: getattr(self, name)
-            for name, prop in self.PROPERTIES.items()
+            for name, prop in names.items()
             if getattr(self, name) is not None
         }
 

@@ -1,30 +1,40 @@
 """What a QEMU binary can do: version, machines, devices and their properties, accelerators.
 
 Probed once per binary (path, size, mtime) by starting it with ``-machine none`` and
-asking over QMP; the answer is cached as JSON.  ``require_properties`` refuses a
-description that needs a property this QEMU lacks, naming the property and the version.
+asking over QMP; the answer is cached as JSON.  ``resolve_binary`` turns ``--qemu`` into
+the binary to run (``installed`` / ``10`` / ``11`` / a path; see ``harness.qemu.installs``).
+``adapt_machine`` gives a description the property names this QEMU uses, and
+``require_properties`` refuses one that needs a property this QEMU lacks, naming the
+property and the version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harness.cachedir import cache_dir
 from harness.errors import ConfigError, HarnessError, PrerequisiteError
-from harness.qemu import lifetime
+from harness.qemu import installs, lifetime
 from harness.qemu.argv import QEMU_BINARIES
 from harness.qemu.description import IntelIommu, Machine, SmmuV3, VfioPci
 from harness.qemu.qmp import QmpSession
 from harness.qemu.rundir import private_run_dir, remove_run_dir
 
 #: devices whose property lists the harness needs
-PROBED_DEVICES = ("intel-iommu", "arm-smmuv3", "edu", "vfio-pci", "pvpanic", "pvpanic-pci")
+PROBED_DEVICES = (
+    "intel-iommu", "arm-smmuv3", "edu", "igb", "vfio-pci", "pvpanic", "pvpanic-pci",
+)  # fmt: skip
+#: trace events recorded (the families scenarios switch on over QMP)
+PROBED_TRACE_EVENTS = ("smmu*", "vtd_*", "iommufd_*", "vfio_*")
+#: bump when what a probe records changes (part of the cache key)
+PROBE_FORMAT = 2
 
 
 class MissingCapabilityError(ConfigError):
@@ -45,6 +55,8 @@ class QemuCapabilities:
     devices: frozenset[str]
     properties: dict[str, frozenset[str]]
     accelerators: frozenset[str]
+    #: trace events matching ``PROBED_TRACE_EVENTS``
+    trace_events: frozenset[str] = frozenset()
 
     @property
     def version_text(self) -> str:
@@ -61,6 +73,7 @@ class QemuCapabilities:
             "devices": sorted(self.devices),
             "properties": {k: sorted(v) for k, v in self.properties.items()},
             "accelerators": sorted(self.accelerators),
+            "trace_events": sorted(self.trace_events),
         }
 
     @classmethod
@@ -72,27 +85,55 @@ class QemuCapabilities:
             devices=frozenset(data["devices"]),
             properties={k: frozenset(v) for k, v in data["properties"].items()},
             accelerators=frozenset(data["accelerators"]),
+            trace_events=frozenset(data.get("trace_events", ())),
         )
 
 
 def resolve_binary(arch: str, qemu: str | None = None) -> str:
-    """Absolute path of the QEMU binary (``--qemu`` or the installed one for ``arch``).
+    """Absolute path of the QEMU to run for ``arch`` guests (``--qemu`` or the installed one).
 
-    A binary the caller named that does not exist is a ConfigError (their mistake); the
-    installed one missing is a QemuNotFoundError (a prerequisite: tests skip on it).
+    ``qemu`` is None / ``installed`` / ``10`` (the host's QEMU; ``10`` also checks its
+    version), ``11`` (QEMU 11 from the cached trixie tree, built on first use), a path
+    or a program name; a binary in a QEMU build directory is returned as a launcher that
+    adds the build tree's firmware (``harness.qemu.installs``).  A binary the caller
+    named that does not exist is a ConfigError (their mistake); the installed one
+    missing is a QemuNotFoundError (a prerequisite: tests skip on it).
     """
-    name = qemu or QEMU_BINARIES[arch]
-    path = shutil.which(name)
-    if path is None and qemu:
-        raise ConfigError(f"QEMU binary {name!r} not found (named by --qemu or the matrix)")
+    if arch not in QEMU_BINARIES:
+        raise ConfigError(f"unknown guest arch {arch!r} (known: {', '.join(QEMU_BINARIES)})")
+    spec = None if qemu is None else str(qemu)
+    if spec is None or spec in installs.INSTALLED:
+        path = shutil.which(QEMU_BINARIES[arch])
+        if path is None:
+            raise QemuNotFoundError(
+                f"QEMU binary {QEMU_BINARIES[arch]!r} not found (scripts/setup.sh installs it)"
+            )
+        binary = os.path.realpath(path)
+        if spec is not None and spec != "installed":
+            have = probe(binary)
+            if str(have.version[0]) != spec:
+                raise ConfigError(
+                    f"--qemu {spec}: the installed QEMU is {have.version_text} ({binary})"
+                )
+        return binary
+    if spec == installs.TRIXIE:
+        return str(installs.ensure_trixie(arch))
+    path = shutil.which(spec)
     if path is None:
-        raise QemuNotFoundError(f"QEMU binary {name!r} not found (scripts/setup.sh installs it)")
-    return os.path.realpath(path)
+        raise ConfigError(
+            f"QEMU binary {spec!r} not found (named by --qemu or the matrix;"
+            f" or name one of: {', '.join(installs.NAMED)})"
+        )
+    real = Path(os.path.realpath(path))
+    launcher = installs.build_dir_launcher(real)
+    return str(launcher if launcher is not None else real)
 
 
 def _cache_path(binary: str) -> Path:
     st = os.stat(binary)
-    key = f"{binary.strip('/').replace('/', '_')}-{st.st_size}-{int(st.st_mtime)}"
+    what = [PROBE_FORMAT, *PROBED_DEVICES, *PROBED_TRACE_EVENTS]
+    listed = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:8]
+    key = f"{binary.strip('/').replace('/', '_')}-{st.st_size}-{int(st.st_mtime)}-{listed}"
     return cache_dir("qemu-probe") / f"{key}.json"
 
 
@@ -146,6 +187,11 @@ def _probe_in(binary: str, run_dir: Path) -> QemuCapabilities:
                 listed = qmp.execute("device-list-properties", {"typename": dev})
                 props[dev] = frozenset(p["name"] for p in listed)
         accels = {t.removesuffix("-accel") for t in types if t.endswith("-accel")}
+        events = {
+            str(e["name"])
+            for pattern in PROBED_TRACE_EVENTS
+            for e in qmp.execute("trace-event-get-state", {"name": pattern})
+        }
         q = ver["qemu"]
         return QemuCapabilities(
             binary=binary,
@@ -154,6 +200,7 @@ def _probe_in(binary: str, run_dir: Path) -> QemuCapabilities:
             devices=frozenset(types),
             properties=props,
             accelerators=frozenset(accels),
+            trace_events=frozenset(events),
         )
     except HarnessError as exc:
         err = ""
@@ -180,6 +227,24 @@ def required_properties(machine: Machine) -> list[tuple[str, str]]:
         if isinstance(dev, VfioPci) and dev.backend == "iommufd":
             needs.append(("vfio-pci", "iommufd"))
     return needs
+
+
+def adapt_machine(machine: Machine, caps: QemuCapabilities) -> Machine:
+    """``machine`` with the vIOMMU's property names this QEMU uses, checked by require_properties.
+
+    QEMU 11 renamed intel-iommu's ``x-scalable-mode`` / ``x-flts`` to ``scalable-mode`` /
+    ``fsts`` (same meaning); whichever pair this QEMU has is used.  Anything else it
+    lacks is a MissingCapabilityError naming the property and the QEMU version.
+    """
+    viommu = machine.viommu
+    if isinstance(viommu, IntelIommu):
+        new = caps.has_property("intel-iommu", "fsts") and not caps.has_property(
+            "intel-iommu", "x-flts"
+        )
+        if new != viommu.qemu11_names:
+            machine = machine.with_(viommu=replace(viommu, qemu11_names=new))
+    require_properties(machine, caps)
+    return machine
 
 
 def require_properties(machine: Machine, caps: QemuCapabilities) -> None:

@@ -4,5 +4,6 @@
 (one avocado-instrumented test, ``tests/qualification/avocado_scenarios.py``, called
 once per variant), ``avocado_test`` is that test's body (it calls
 ``harness.scenarios.runner.run_scenario``), and ``report`` turns avocado's results into
-a per-variant report (HTML and JSON) next to avocado's own.
+a per-variant report (HTML and JSON) next to avocado's own; with several QEMUs,
+``compare`` puts their columns side by side and names every difference.
 """

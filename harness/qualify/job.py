@@ -4,7 +4,8 @@ The suite is the avocado-instrumented test ``tests/qualification/avocado_scenari
 with one dict variant per matrix variant (avocado's built-in ``dict_variants``
 varianter: no YAML-to-mux plugin needed).  Avocado writes its JSON, xUnit, TAP and
 HTML (result-html plugin) results into the job directory; ``harness.qualify.report``
-adds the per-variant qualification report.
+adds the per-variant qualification report, and the job records what each of the
+matrix's QEMUs can do (``qemu-capabilities.json``) for the report to compare.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from harness.qemu.lifetime import owner_environment
 from harness.qemu.rundir import sweep
 from harness.qualify.matrix import Variant
@@ -60,6 +61,34 @@ class JobOutcome:
     logdir: Path
 
 
+def qemu_capabilities(variants: Sequence[Variant]) -> dict[str, dict[str, Any]]:
+    """Label -> arch -> the probed capabilities of each QEMU the variants name.
+
+    A QEMU that cannot be resolved or probed gets the error's text instead.
+    """
+    from harness.qemu.probe import probe, resolve_binary
+
+    found: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        per_arch = found.setdefault(v.qemu_label, {})
+        if v.arch in per_arch:
+            continue
+        try:
+            per_arch[v.arch] = probe(resolve_binary(v.arch, v.qemu)).to_json()
+        except (HarnessError, OSError) as exc:
+            per_arch[v.arch] = f"{type(exc).__name__}: {exc}"
+    return found
+
+
+def record_capabilities(variants: Sequence[Variant], logdir: Path) -> Path:
+    """Write ``qemu-capabilities.json`` (see :func:`qemu_capabilities`) into ``logdir``."""
+    from harness.qualify.report import CAPABILITIES_JSON
+
+    path = logdir / CAPABILITIES_JSON
+    path.write_text(json.dumps(qemu_capabilities(variants), indent=1, sort_keys=True) + "\n")
+    return path
+
+
 def run_job(variants: Sequence[Variant], results_dir: Path, *, parallel: int = 1) -> JobOutcome:
     """Run the avocado job; avocado prints its own progress.
 
@@ -74,4 +103,7 @@ def run_job(variants: Sequence[Variant], results_dir: Path, *, parallel: int = 1
     config = job_config(variants, results_dir, parallel=parallel)
     with owner_environment(), Job.from_config(job_config=config) as job:
         status = int(job.run())
-        return JobOutcome(status, Path(job.logdir))
+        logdir = Path(job.logdir)
+    if len({v.qemu_label for v in variants}) > 1:
+        record_capabilities(variants, logdir)  # probes are cached: quick after the run
+    return JobOutcome(status, logdir)

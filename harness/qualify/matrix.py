@@ -10,9 +10,11 @@ combinations a scenario supports (its arches, the vIOMMU its guest has on each):
     params: {}                  # scenario parameters for every variant
     seed: 1234                  # default: a fresh seed per variant (recorded)
     qemu:                       # label -> null (installed) | {arch: binary} | a bin/ dir
+      qemu-11: "11"             #   | "10" / "11" / "installed" (harness.qemu.installs)
       installed: null
     kernels:                    # label -> null (default image) | {flavor: F}
-      default: null             #          | {kernel: PATH, initrd: PATH}
+      default: null             #   | {kernel: PATH, initrd: PATH} | {tree: DIR}
+      debug: {kernel_flavor: debug}  # (kernel_flavor also with tree: a debug build of it)
     viommus:                    # vtd | smmuv3 | none -> option sets
       vtd:
         options:
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.qemu.installs import is_named
 
 MODEL_ARCHES = {"vtd": ("x86_64",), "smmuv3": ("arm64",), "none": ("x86_64", "arm64")}
 QEMU_NAMES = {"x86_64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
@@ -93,6 +96,10 @@ class Variant:
         for key in ("kernel", "initrd"):
             if self.kernel.get(key):
                 kwargs[key] = Path(self.kernel[key])
+        if self.kernel.get("tree"):
+            kwargs["kernel_tree"] = Path(self.kernel["tree"])
+        if self.kernel.get("kernel_flavor", "default") != "default":
+            kwargs["kernel_flavor"] = self.kernel["kernel_flavor"]
         return kwargs
 
 
@@ -116,6 +123,8 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 def _qemu_binary(entry: Any, arch: str, where: str) -> str | None:
     if entry is None:
         return None
+    if is_named(entry):  # "installed", "10", "11": resolved by harness.qemu.probe
+        return str(entry)
     if isinstance(entry, str):
         return str(Path(entry) / QEMU_NAMES[arch])
     if isinstance(entry, dict):
@@ -127,16 +136,26 @@ def _qemu_binary(entry: Any, arch: str, where: str) -> str | None:
     raise ConfigError(f"{where}: expected null, a bin/ directory or {{arch: binary}}")
 
 
+_KERNEL_KEYS = ("flavor", "kernel", "initrd", "tree", "kernel_flavor")
+
+
 def _kernel(entry: Any, where: str) -> dict[str, Any]:
     if entry is None:
         return {"flavor": "default"}
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: expected null, {{flavor: F}} or {{kernel: PATH}}")
-    unknown = set(entry) - {"flavor", "kernel", "initrd"}
+        raise ConfigError(
+            f"{where}: expected null, {{flavor: F}}, {{kernel: PATH}} or {{tree: DIR}}"
+        )
+    unknown = set(entry) - set(_KERNEL_KEYS)
     if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (flavor, kernel, initrd)")
+        known = ", ".join(_KERNEL_KEYS)
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key ({known})")
     if "initrd" in entry and "kernel" not in entry:
         raise ConfigError(f"{where}: initrd given without kernel")
+    if "tree" in entry and "kernel" in entry:
+        raise ConfigError(f"{where}: tree and kernel exclude each other")
+    if "kernel_flavor" in entry and "kernel" in entry:
+        raise ConfigError(f"{where}: kernel_flavor builds a kernel; kernel boots a given one")
     kernel = {str(k): str(v) for k, v in entry.items() if v is not None}
     kernel.setdefault("flavor", "default")
     return kernel

@@ -5,6 +5,11 @@ the seed, and links (relative to the job directory) to the variant's artifacts, 
 avocado debug log and, for a failure, its repro bundle.  Written as
 ``qualification.json`` and ``qualification.html`` in avocado's job directory, beside
 avocado's own ``results.html`` / ``results.json`` / ``results.xml``.
+
+A matrix with two or more QEMUs also gets the QEMU columns side by side and every
+difference between them (``harness.qualify.compare``; capabilities from the
+``qemu-capabilities.json`` the job records), in both reports and in
+``qemu-differences.txt``.
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ import html
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.qualify.compare import Comparison, compare, differences_text
 from harness.qualify.matrix import Variant
 
 REPORT_JSON = "qualification.json"
 REPORT_HTML = "qualification.html"
+DIFFERENCES_TEXT = "qemu-differences.txt"
+CAPABILITIES_JSON = "qemu-capabilities.json"
 STATUS = {
     "PASS": "passed",
     "WARN": "passed",
@@ -49,8 +57,14 @@ def verdict_info(verdict: Any) -> dict[str, Any]:
         checks=len(verdict.checks),
         effect_checks=verdict.count("effect"),
         failed_checks=[c.name for c in verdict.failures],
+        check_results=[[c.name, c.ok, _short(c.got)] for c in verdict.checks],
     )
     return info
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -76,6 +90,9 @@ class Row:
     debug_log: str | None
     repro_bundle: str | None
     host: str = ""  # fleet runs: the host that ran the variant
+    error: bool = False  # an exception, no verdict (avocado ERROR / a fleet cell's error)
+    #: the verdict's rows: [name, ok, short repr of what was observed]
+    check_results: list[list[Any]] = field(default_factory=list)
 
 
 def _rel(path: Any, logdir: Path) -> str | None:
@@ -127,6 +144,7 @@ def collect(logdir: Path, variants: Sequence[Variant]) -> list[Row]:
         if not test:
             reason = "no avocado result for this variant"
         test_logdir = Path(test["logdir"]) if test and test.get("logdir") else None
+        error = info.get("status") == "error" or info.get("report_status") == "error"
         rows.append(
             Row(
                 id=v.id,
@@ -148,9 +166,42 @@ def collect(logdir: Path, variants: Sequence[Variant]) -> list[Row]:
                 debug_log=_rel(test_logdir / "debug.log", logdir) if test_logdir else None,
                 repro_bundle=_rel(info.get("repro_bundle"), logdir),
                 host=str(info.get("host") or ""),
+                error=bool(test) and (error or avocado_status == "ERROR"),
+                check_results=_check_results(info),
             )
         )
     return rows
+
+
+def _check_results(info: dict[str, Any]) -> list[list[Any]]:
+    """The verdict rows of a variant: from its result, else its artifacts' ``verdict.json``."""
+    found = info.get("check_results")
+    if isinstance(found, list):
+        return [list(item) for item in found if isinstance(item, list) and len(item) == 3]
+    artifacts = info.get("artifacts")
+    if not artifacts:
+        return []
+    try:
+        verdict = json.loads((Path(str(artifacts)) / "verdict.json").read_text())
+        return [[c["name"], bool(c["ok"]), _short(c.get("got"))] for c in verdict["checks"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def load_capabilities(logdir: Path) -> dict[str, Any]:
+    """The QEMU capabilities the job recorded (label -> arch -> probe JSON), {} if none."""
+    try:
+        data = json.loads((logdir / CAPABILITIES_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def qemu_comparison(rows: Sequence[Row], capabilities: dict[str, Any] | None) -> Comparison | None:
+    """The QEMU columns side by side, or None when the rows have one QEMU only."""
+    if len({r.qemu for r in rows}) < 2:
+        return None
+    return compare(rows, capabilities)
 
 
 def totals(rows: Sequence[Row]) -> dict[str, int]:
@@ -160,8 +211,8 @@ def totals(rows: Sequence[Row]) -> dict[str, int]:
     return counts
 
 
-def text_table(rows: Sequence[Row]) -> str:
-    """A plain table for the terminal."""
+def text_table(rows: Sequence[Row], capabilities: dict[str, Any] | None = None) -> str:
+    """A plain table for the terminal; then, with several QEMUs, every difference."""
     width = max((len(r.id) for r in rows), default=10)
     hw = max((len(r.host) for r in rows), default=0)
     host_head = f"{'host':<{hw}}  " if hw else ""
@@ -172,6 +223,9 @@ def text_table(rows: Sequence[Row]) -> str:
             f"{r.id:<{width}}  {host}{r.status:<7}  {r.qemu_version.split(' (')[0][:16]:<16} "
             f"{r.kernel_release[:24]:<24} {r.reason[:100]}"
         )
+    comparison = qemu_comparison(rows, capabilities)
+    if comparison is not None:
+        lines += ["", differences_text(comparison)]
     return "\n".join(lines)
 
 
@@ -181,6 +235,7 @@ table { border-collapse: collapse; }
 td, th { border: 1px solid #bbb; padding: 4px 8px; text-align: left; vertical-align: top; }
 .passed { background: #dfd; } .failed { background: #fdd; } .skipped { background: #eee; }
 .error { background: #fcb; } .unschedulable { background: #fec; }
+.differs { outline: 2px solid #c60; }
 code { font-size: 90%; }
 """
 
@@ -191,7 +246,60 @@ def _link(target: str | None, text: str) -> str:
     return f'<a href="{html.escape(target)}">{html.escape(text)}</a>'
 
 
-def render_html(name: str, description: str, rows: Sequence[Row], seconds: float | None) -> str:
+def _comparison_html(comparison: Comparison) -> list[str]:
+    """The QEMU columns side by side, then the list of differences."""
+    labels = comparison.labels
+    versions = comparison.versions
+    head = "".join(
+        f"<th>QEMU {html.escape(label)}"
+        + (f"<br><small>{html.escape('; '.join(sorted(set(versions[label].values()))))}</small>"
+           if versions.get(label) else "")
+        + "</th>"
+        for label in labels
+    )  # fmt: skip
+    out = [
+        f"<h2>QEMU {' vs '.join(html.escape(label) for label in labels)}</h2>",
+        "<table><tr><th>scenario</th><th>arch</th><th>vIOMMU options</th>"
+        f"{head}<th>differences</th></tr>",
+    ]
+    for cell in comparison.cells:
+        tds = []
+        for label in labels:
+            run = cell.runs.get(label)
+            if run is None:
+                tds.append("<td>not in matrix</td>")
+                continue
+            failed = [n for n, ok, _ in run.checks if not ok]
+            detail = (
+                f"<br><small>failed: {html.escape(', '.join(failed))}</small>" if failed else ""
+            )
+            if run.outcome in ("error", "skipped") and run.reason:
+                detail = f"<br><small>{html.escape(run.reason[:200])}</small>"
+            tds.append(f"<td class='{run.outcome}'>{run.outcome}{detail}</td>")
+        diffs = "<br>".join(f"[{d.kind}] {html.escape(d.text)}" for d in cell.differences)
+        mark = " class='differs'" if cell.differences else ""
+        out.append(
+            f"<tr{mark}><td>{html.escape(cell.scenario)}</td><td>{html.escape(cell.arch)}</td>"
+            f"<td>{html.escape(cell.viommu)} {html.escape(cell.options)}</td>{''.join(tds)}"
+            f"<td>{diffs}</td></tr>"
+        )
+    out.append("</table>")
+    found = comparison.differences
+    out.append(f"<h3>Every difference ({len(found)})</h3><ul>")
+    out += [
+        f"<li><b>{d.kind}</b> {html.escape(d.where)}: {html.escape(d.text)}</li>" for d in found
+    ]
+    out.append("</ul>" if found else "<li>none</li></ul>")
+    return out
+
+
+def render_html(
+    name: str,
+    description: str,
+    rows: Sequence[Row],
+    seconds: float | None,
+    comparison: Comparison | None = None,
+) -> str:
     counts = totals(rows)
     head = ", ".join(f"{n} {k}" for k, n in counts.items())
     fleet = any(r.host for r in rows)
@@ -204,6 +312,8 @@ def render_html(name: str, description: str, rows: Sequence[Row], seconds: float
         f"<p><b>{html.escape(head)}</b>{took}. Avocado's report: "
         f"{_link('results.html', 'results.html')}, {_link('results.xml', 'xUnit')}, "
         f"{_link('results.json', 'JSON')}.</p>",
+        *(_comparison_html(comparison) if comparison is not None else []),
+        "<h2>Variants</h2>" if comparison is not None else "",
         "<table><tr><th>variant</th>" + ("<th>host</th>" if fleet else "") +
         "<th>status</th><th>vIOMMU options</th><th>QEMU</th>"
         "<th>kernel</th><th>seed</th><th>time</th><th>reason</th><th>links</th></tr>",
@@ -236,16 +346,23 @@ def write_report(
     rows: Sequence[Row],
     seconds: float | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``qualification.json`` and ``qualification.html`` into the job directory."""
-    data = {
+    """Write ``qualification.json`` and ``qualification.html`` into the job directory.
+
+    With several QEMUs, also their comparison (and ``qemu-differences.txt``).
+    """
+    comparison = qemu_comparison(rows, load_capabilities(logdir))
+    data: dict[str, Any] = {
         "matrix": name,
         "description": description,
         "totals": totals(rows),
         "seconds": seconds,
         "variants": [asdict(r) for r in rows],
     }
+    if comparison is not None:
+        data["qemu_comparison"] = comparison.to_json()
+        (logdir / DIFFERENCES_TEXT).write_text(differences_text(comparison) + "\n")
     json_path = logdir / REPORT_JSON
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     html_path = logdir / REPORT_HTML
-    html_path.write_text(render_html(name, description, rows, seconds))
+    html_path.write_text(render_html(name, description, rows, seconds, comparison))
     return json_path, html_path

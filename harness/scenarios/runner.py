@@ -11,8 +11,13 @@ Conventions:
   so that a repro bundle replays the same choices.  The seed is also in ``verdict.facts``.
 - **Overrides.** ``viommu_options`` are merged over the scenario's ``GuestSpec`` options
   (``{"flts": False}``, ``{"stage": "1"}``); ``flavor`` / ``kernel`` / ``initrd`` choose
-  another guest image or kernel (qualification's kernel axis).  A scenario whose machine
-  needs more than its ``GuestSpec`` says registers a ``@prepare_hook(name)``.
+  another guest image or kernel (qualification's kernel axis); ``kernel_tree`` /
+  ``kernel_flavor`` build the kernel from a user's tree or with ``images/kernel/debug.config``.
+  A scenario whose machine needs more than its ``GuestSpec`` says registers a
+  ``@prepare_hook(name)``.
+- **Kernel identity.** ``verdict.facts["kernel"]`` (and the repro bundle's image record)
+  say which kernel ran: source (package version, tree path or file), commit, dirty hash,
+  kernel flavor, the guest's ``uname -r`` and the sha256 of its ``.config``.
 - **Evidence.** The artifacts directory gets ``verdict.json``; a run that fails (a failed
   verdict or an exception, boot failures included) also gets ``repro.json``, a bundle
   that ``harness repro`` replays (see ``harness.repro``).
@@ -36,8 +41,9 @@ from harness.artifacts import new_artifacts_dir
 from harness.errors import ConfigError, HarnessError
 from harness.guest import Guest
 from harness.images.cache import default_root
+from harness.images.choice import file_identity
 from harness.profiles import guest_machine, make_viommu
-from harness.qemu.probe import probe, require_properties, resolve_binary
+from harness.qemu.probe import adapt_machine, probe, resolve_binary
 from harness.scenarios.base import EFFECT, Check, Prepared, Scenario, Verdict, get
 
 SEED_PARAM = "seed"
@@ -92,12 +98,14 @@ def prepare_hook(*names: str) -> Callable[[_Hook], _Hook]:
 
 
 def image_identity(image: Any) -> dict[str, Any]:
-    """The fields of a ``GuestImage`` a bundle or report needs."""
+    """The fields of a ``GuestImage`` a bundle or report needs (the kernel's identity too)."""
     return {
         "key": getattr(image, "key", ""),
         "arch": getattr(image, "arch", ""),
         "flavor": getattr(image, "flavor", ""),
         "kernel_release": getattr(image, "kernel_release", ""),
+        "kernel_flavor": getattr(image, "kernel_flavor", "default"),
+        "kernel": dict(getattr(image, "kernel_identity", {}) or {}),
         "cache": str(default_root()),
     }
 
@@ -112,6 +120,8 @@ def prepare_machine(
     flavor: str = "default",
     kernel: Path | None = None,
     initrd: Path | None = None,
+    kernel_tree: Path | None = None,
+    kernel_flavor: str = "default",
 ) -> Prepared:
     """The machine for ``scenario`` on ``arch`` with overrides; refuses what QEMU lacks."""
     if arch not in scenario.arches:
@@ -122,16 +132,19 @@ def prepare_machine(
     options = {**spec.viommu_options, **(viommu_options or {})}
     viommu = make_viommu(spec.viommu, options)  # unknown options fail before the image build
     binary = resolve_binary(arch, qemu)
-    image = images.ensure(arch, flavor)
+    image = images.ensure(arch, flavor, kernel_tree=kernel_tree, kernel_flavor=kernel_flavor)
     machine = guest_machine(
         image, viommu, spec.devices, accel=accel, memory_mb=spec.memory_mb, firmware=spec.firmware
     )
     identity = image_identity(image)
     if kernel is not None or initrd is not None:
         machine = replace(machine, kernel=kernel or machine.kernel, initrd=initrd or machine.initrd)
+    if kernel is not None:
         identity["kernel_release"] = ""  # another kernel: the guest's uname tells
         identity["kernel_override"] = str(machine.kernel)
-    require_properties(machine, probe(binary))
+        identity["kernel_flavor"] = ""
+        identity["kernel"] = file_identity(kernel)
+    machine = adapt_machine(machine, probe(binary))  # QEMU 11: its property names
     return Prepared(machine, binary, image.ready_marker, identity, options)
 
 
@@ -161,6 +174,8 @@ def run_scenario(
     flavor: str = "default",
     kernel: Path | None = None,
     initrd: Path | None = None,
+    kernel_tree: Path | None = None,
+    kernel_flavor: str = "default",
     before_teardown: BeforeTeardown | None = None,
     log: Log | None = None,
 ) -> Verdict:
@@ -170,7 +185,8 @@ def run_scenario(
     merged = resolve_params(scenario, params, seed)
     prepared = prepare_machine(
         scenario, arch, qemu=qemu, accel=accel, viommu_options=viommu_options,
-        flavor=flavor, kernel=kernel, initrd=initrd,
+        flavor=flavor, kernel=kernel, initrd=initrd, kernel_tree=kernel_tree,
+        kernel_flavor=kernel_flavor,
     )  # fmt: skip
     if (hook := PREPARE_HOOKS.get(name)) is not None:
         prepared = hook(prepared, log or _stderr_log)
@@ -239,6 +255,33 @@ def _guest_kernel(guest: Guest) -> str:
     return ""
 
 
+CONFIG_SHA256_COMMAND = (
+    "python3 -c 'import gzip, hashlib;"
+    ' print(hashlib.sha256(gzip.open("/proc/config.gz").read()).hexdigest())\''
+)
+"""Prints the sha256 of the running kernel's ``.config`` (the guests have no ``zcat``)."""
+
+
+def _guest_config_sha256(guest: Guest) -> str:
+    """sha256 of the running kernel's ``/proc/config.gz`` (IKCONFIG: its ``.config``)."""
+    with contextlib.suppress(AgentError):
+        result = guest.run(CONFIG_SHA256_COMMAND, timeout=30)
+        digest = result.stdout.split()[0] if result.stdout.split() else ""
+        if result.status == 0 and len(digest) == 64:
+            return digest
+    return ""
+
+
+def kernel_facts(identity: Mapping[str, Any], guest: Guest) -> dict[str, Any]:
+    """The kernel identity a verdict records, completed from the running guest: its
+    ``uname -r`` and, for a kernel given as a file, the sha256 of its ``.config``."""
+    facts = dict(identity)
+    facts["uname_r"] = _guest_kernel(guest)
+    if facts.get("file") and not facts.get("config_sha256"):
+        facts["config_sha256"] = _guest_config_sha256(guest)
+    return facts
+
+
 def _run_facts(prepared: Prepared, params: Mapping[str, Any], artifacts: Path) -> dict[str, Any]:
     machine = prepared.machine
     facts: dict[str, Any] = {
@@ -285,7 +328,8 @@ def execute(
     try:
         with guest:
             facts["accel"] = guest.vm.accel
-            facts["kernel_release"] = _guest_kernel(guest) or facts["kernel_release"]
+            facts["kernel"] = kernel_facts(prepared.image.get("kernel") or {}, guest)
+            facts["kernel_release"] = facts["kernel"]["uname_r"] or facts["kernel_release"]
             verdict = run_on_guest(scenario, guest, params, on_ready=on_ready)
             verdict.timings.update(guest.timings)
             for key, value in facts.items():

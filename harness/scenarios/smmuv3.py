@@ -64,7 +64,7 @@ DATA_SLOT = 0x10000
 TRACE_PATTERNS = (
     "smmuv3_cmdq_*",
     "smmuv3_range_inval",
-    "smmuv3_record_event",
+    "smmuv3_*_event",  # QEMU 10: smmuv3_record_event; 11: smmuv3_propagate_event
     "smmu_iotlb_inv_*",
     "smmu_config_cache_inv",
 )

@@ -50,7 +50,8 @@ DEFAULT_DMA_MASK = (1 << 28) - 1
 PAGE = 4096
 HUGE = 2 * 1024 * 1024
 TRACE_EVENTS = ("vtd_dmar_fault", "vtd_frr_new", "vtd_fault_disabled")
-QEMU_PROPERTIES = tuple(sorted(KNOWN_OPTIONS - {"accel", "kernel-irqchip"}))
+# (QEMU 11 names two of them differently: read both; predict maps them back)
+QEMU_PROPERTIES = (*sorted(KNOWN_OPTIONS - {"accel", "kernel-irqchip"}), "fsts", "scalable-mode")
 IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
 IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17 = 1
 
@@ -258,13 +259,16 @@ def vtd_capabilities(guest: Guest, params: Mapping[str, Any]) -> Verdict:
             "iommu_hw_info_vtd.flags", IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17, info["vtd_flags"]
         )
     )
-    cap_want, ecap_want = predict_registers(options)
+    q = session.execute("query-version")["qemu"]  # which QEMU's model to predict from
+    version = (int(q["major"]), int(q["minor"]), int(q["micro"]))
+    verdict.facts["qemu_version_for_prediction"] = ".".join(map(str, version))
+    cap_want, ecap_want = predict_registers(options, version)
     cap_got, ecap_got = Cap.decode(info["cap"]), Ecap.decode(info["ecap"])
     verdict.add(Check.effect("CAP_REG", hex(cap_want.encode()), hex(info["cap"])))
     verdict.add(Check.effect("ECAP_REG", hex(ecap_want.encode()), hex(info["ecap"])))
     verdict.checks.extend(register_checks("CAP", cap_want, cap_got))
     verdict.checks.extend(register_checks("ECAP", ecap_want, ecap_got))
-    qmp_cap, qmp_ecap = predict_registers({**usable, **machine_keys})
+    qmp_cap, qmp_ecap = predict_registers({**usable, **machine_keys}, version)
     verdict.add(Check.effect("CAP_REG predicted from QMP", hex(qmp_cap.encode()), hex(info["cap"])))
     verdict.add(
         Check.effect("ECAP_REG predicted from QMP", hex(qmp_ecap.encode()), hex(info["ecap"]))

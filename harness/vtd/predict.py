@@ -115,8 +115,13 @@ def _machine(options: Mapping[str, object]) -> tuple[bool, str]:
     return accel == "kvm", str(irqchip)
 
 
+#: QEMU 11's names for the same properties (same meaning)
+QEMU11_NAMES = {"scalable-mode": "x-scalable-mode", "fsts": "x-flts"}
+
+
 def resolve_config(options: Mapping[str, object]) -> IntelIommuConfig:
     """Validate ``options`` as QEMU 10.0.2 does and resolve its ``auto`` choices."""
+    options = {QEMU11_NAMES.get(k, k): v for k, v in options.items()}
     unknown = sorted(set(options) - KNOWN_OPTIONS)
     if unknown:
         raise ConfigError(f"intel-iommu option '{unknown[0]}': not a QEMU 10.0.2 property")
@@ -181,8 +186,17 @@ def resolve_config(options: Mapping[str, object]) -> IntelIommuConfig:
     )
 
 
-def registers_for(config: IntelIommuConfig) -> tuple[Cap, Ecap]:
-    """CAP and ECAP as QEMU 10.0.2's ``vtd_cap_init`` builds them for ``config``."""
+#: the first QEMU release seen to set CAP.ESRTPS: its SRTP handler resets every cache, so the
+#: guest need not invalidate after Set Root Table Pointer (absent in 10.0.2, set in 11.1.3;
+#: the release in between that added it was not pinned down)
+ESRTPS_SINCE = (11, 0, 0)
+
+
+def registers_for(
+    config: IntelIommuConfig, qemu_version: tuple[int, int, int] = (10, 0, 2)
+) -> tuple[Cap, Ecap]:
+    """CAP and ECAP as ``vtd_cap_init`` builds them for ``config`` (QEMU 10.0.2's code,
+    plus what later releases changed: ``ESRTPS_SINCE``)."""
     sagaw = 0
     if config.dma_translation:
         sagaw |= 0b0010 if config.aw_bits >= 39 else 0
@@ -200,6 +214,7 @@ def registers_for(config: IntelIommuConfig) -> tuple[Cap, Ecap]:
         dwd=config.dma_drain,
         drd=config.dma_drain,
         fs1gp=config.flts and config.fs1gp,
+        esrtps=qemu_version >= ESRTPS_SINCE,
     )
     ecap = Ecap(
         qi=True,
@@ -219,9 +234,11 @@ def registers_for(config: IntelIommuConfig) -> tuple[Cap, Ecap]:
     return cap, ecap
 
 
-def predict_registers(options: Mapping[str, object]) -> tuple[Cap, Ecap]:
-    """CAP and ECAP a guest reads for ``-device intel-iommu,<options>`` on QEMU 10.0.2."""
-    return registers_for(resolve_config(options))
+def predict_registers(
+    options: Mapping[str, object], qemu_version: tuple[int, int, int] = (10, 0, 2)
+) -> tuple[Cap, Ecap]:
+    """CAP and ECAP a guest reads for ``-device intel-iommu,<options>`` on that QEMU."""
+    return registers_for(resolve_config(options), qemu_version)
 
 
 def predict(options: Mapping[str, object]) -> dict[str, int]:

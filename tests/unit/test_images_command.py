@@ -45,7 +45,7 @@ def fake_builders(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
         return Path("/nonexistent/src")
 
     def build_kernel(spec: Any, key: str, fragments: Any, tree: Any, c: Any, staging: Path,
-                     *args: Any) -> dict[str, Any]:  # fmt: skip
+                     *args: Any, **options: Any) -> dict[str, Any]:  # fmt: skip
         calls.append(f"kernel {spec.name}")
         (staging / spec.image_target).write_bytes(b"MZ")
         (staging / "config").write_text("CONFIG_IOMMUFD=y\n")

@@ -311,7 +311,7 @@ def test_replay_boots_the_recorded_machine_with_the_recorded_params(
 
     monkeypatch.setattr(probe, "resolve_binary", lambda arch, qemu=None: qemu)
     monkeypatch.setattr(probe, "probe", lambda binary: SimpleNamespace(version_text="10.0.2"))
-    monkeypatch.setattr(probe, "require_properties", lambda machine, caps: None)
+    monkeypatch.setattr(probe, "adapt_machine", lambda machine, caps: machine)
     bundle = repro.read_bundle(bundle_path)
     verdict = replay.replay_scenario(bundle, artifacts=tmp_path / "replay")
     (guest,) = fake_guest.booted
@@ -333,7 +333,7 @@ def test_cli_replay_exit_status_is_the_verdict(
 
     monkeypatch.setattr(probe, "resolve_binary", lambda arch, qemu=None: qemu)
     monkeypatch.setattr(probe, "probe", lambda binary: SimpleNamespace(version_text="10.0.2"))
-    monkeypatch.setattr(probe, "require_properties", lambda machine, caps: None)
+    monkeypatch.setattr(probe, "adapt_machine", lambda machine, caps: machine)
     args = ["repro", str(bundle_path), "--json", "--artifacts", str(tmp_path / "r")]
     assert main(args) == 1
     out = capsys.readouterr()

@@ -136,3 +136,13 @@ def test_bool_spellings_are_accepted() -> None:
     for off in (False, "off", "false", "no"):
         assert not predict_registers({"caching-mode": off})[0].cm
     assert predict_registers({"aw-bits": "39"})[0].max_guest_address_width == 39
+
+
+def test_qemu_11_sets_esrtps_and_takes_its_new_property_names() -> None:
+    # Read by the release matrix from a QEMU 11.1.3 guest (vtd-capabilities, TCG): the same
+    # CAP as 10.0.2 plus bit 63 (ESRTPS), the same ECAP; 11 spells x-scalable-mode and
+    # x-flts as scalable-mode and fsts.
+    options = {"intremap": "on", "scalable-mode": "on", "fsts": "on", "caching-mode": "on"}
+    cap, ecap = predict_registers(options, (11, 1, 3))
+    assert (cap.encode(), ecap.encode()) == (0x81D2008C222F0686, 0x0000880000F00F4A)
+    assert predict_registers(options)[0].encode() == 0x01D2008C222F0686  # 10.0.2: no ESRTPS
