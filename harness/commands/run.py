@@ -5,41 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from harness.artifacts import new_artifacts_dir
-from harness.commands import name_value, report
+from harness.artifacts import add_artifacts_option, new_artifacts_dir
+from harness.commands import add_scenario_options, report
+from harness.images.command import add_kernel_options, kernel_choice
 from harness.scenarios.base import get, load_all
 from harness.scenarios.runner import run_scenario
 from harness.tier3.passthrough import add_host_device_option, apply_host_device
-
-
-def _param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", nargs="?", help="scenario name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the scenarios")
     parser.add_argument("--arch", choices=("x86_64", "arm64"))
-    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    parser.add_argument("--qemu", help="QEMU binary (default: the installed one)")
-    parser.add_argument(
-        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
-        help="scenario parameter (JSON value), repeatable",
-    )  # fmt: skip
-    parser.add_argument(
-        "--viommu-opt", type=name_value, action="append", default=[], metavar="NAME=VALUE",
-        help="override a vIOMMU option of the scenario's machine, e.g. flts=off (repeatable)",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, help="random seed (default: a fresh one, recorded)")
+    parser.add_argument("--qemu", help="installed | 10 | 11 | a QEMU binary (default: installed)")
+    add_scenario_options(parser, seed_help="random seed (default: a fresh one, recorded)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_kernel_options(parser, path=True)
+    add_artifacts_option(parser)
     add_host_device_option(parser)
 
 
@@ -60,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
     apply_host_device(args)
     scenario = get(args.scenario)  # unknown names fail before anything boots
     arch = args.arch or scenario.arches[0]
-    artifacts = new_artifacts_dir(f"{scenario.name}-{arch}")
+    kernel = kernel_choice(args)  # bad kernel options fail before anything is made
+    artifacts = args.artifacts or new_artifacts_dir(f"{scenario.name}-{arch}")
     verdict = run_scenario(
         scenario.name, arch, dict(args.param), qemu=args.qemu, accel=args.accel,
         artifacts=artifacts, viommu_options=dict(args.viommu_opt) or None, seed=args.seed,
+        kernel=kernel.path, kernel_tree=kernel.tree, kernel_flavor=kernel.flavor,
     )  # fmt: skip
     return report(verdict, artifacts, args.json)
