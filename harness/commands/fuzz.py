@@ -1,0 +1,183 @@
+"""``harness fuzz``: boot one guest and fuzz the nesting uAPI in it until a budget ends.
+
+``--tier 1`` is the IOMMUFD_TEST mock (both arches).  The debug kernel flavor is used by
+default when it is built (``images build --kernel-flavor debug``); otherwise the default
+kernel, with a message saying so.  The example database lives under the harness cache
+(``fuzz/<arch>-tier<N>``) so a rerun replays saved failures first; the seed is printed
+and recorded.  A failure leaves ``fuzz-failure.json``, ``fuzz-repro.py`` and a repro
+bundle (``harness repro DIR``) in the artifacts directory.  Exit status 0 when nothing
+was found, 1 when something was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness import images
+from harness.artifacts import add_artifacts_option, new_artifacts_dir
+from harness.cachedir import cache_dir
+from harness.errors import ConfigError, HarnessError
+from harness.fuzz import replay as fuzz_replay
+from harness.fuzz import reproducer
+from harness.fuzz.runner import CHUNK, STEPS_PER_EXAMPLE, GuestExecutor, fuzz
+from harness.guest import Guest
+from harness.scenarios.base import Prepared
+from harness.scenarios.guest.fuzz import PLANTS
+from harness.scenarios.runner import new_seed, prepare_machine
+from harness.scenarios.tier1 import preflight
+
+SUMMARY = "fuzz-summary.json"
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_budget(text: str) -> float:
+    """``90s``, ``10m``, ``1h`` or plain seconds; ConfigError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"--budget {text!r}: expected a duration like 90s, 10m or 1h")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", choices=("x86_64", "arm64"), required=True)
+    parser.add_argument("--tier", type=int, choices=(1, 2), default=1,
+                        help="1: the IOMMUFD_TEST mock; 2: emulated SMMUv3 (arm64)")  # fmt: skip
+    parser.add_argument("--budget", default="10m", help="how long to search (90s, 10m, 1h)")
+    parser.add_argument("--seed", type=int, help="hypothesis seed (default: a fresh one)")
+    parser.add_argument(
+        "--kernel-flavor", default=None, metavar="F",
+        help="guest kernel flavor (default: debug when built, else default)",
+    )  # fmt: skip
+    parser.add_argument("--steps", type=int, default=STEPS_PER_EXAMPLE,
+                        help="steps per example (one fresh /dev/iommu each)")  # fmt: skip
+    parser.add_argument("--plant", help="a planted executor bug to find (tests the fuzzer)")
+    parser.add_argument(
+        "--database", type=Path,
+        help="hypothesis example database (default: under the harness cache)",
+    )  # fmt: skip
+    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    parser.add_argument("--qemu", help="QEMU binary (default: the installed one)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_artifacts_option(parser)
+
+
+def choose_kernel(arch: str, flavor: str | None, log: Any) -> tuple[Path | None, str]:
+    """(kernel image or None for the default, the flavor used); debug falls back if unbuilt."""
+    wanted = flavor or "debug"
+    if wanted == "default":
+        return None, "default"
+    try:
+        image = images.lookup(arch, kernel_flavor=wanted)
+    except HarnessError as exc:
+        if flavor is not None:  # asked for explicitly: build it
+            return images.ensure(arch, kernel_flavor=wanted).kernel, wanted
+        log(f"fuzz: the {wanted} kernel flavor is not built ({str(exc).splitlines()[0]});"
+            f" using the default kernel")  # fmt: skip
+        return None, "default"
+    return image.kernel, wanted
+
+
+def run_fuzz(
+    arch: str,
+    *,
+    tier: int = 1,
+    budget: float,
+    seed: int,
+    kernel_flavor: str | None = None,
+    steps: int = STEPS_PER_EXAMPLE,
+    plant: str | None = None,
+    database: Path | None = None,
+    artifacts: Path | None = None,
+    accel: str = "auto",
+    qemu: str | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Boot, fuzz, write the summary (and a failure's reproducer); the summary."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if tier != 1:
+        raise ConfigError("--tier 2 (emulated SMMUv3) is not implemented yet; use --tier 1")
+    if plant is not None and plant not in PLANTS:
+        raise ConfigError(f"--plant {plant!r}: known plants are {', '.join(PLANTS)}")
+    scenario = fuzz_replay_scenario()
+    kernel, flavor = choose_kernel(arch, kernel_flavor, log)
+    prepared: Prepared = prepare_machine(scenario, arch, qemu=qemu, accel=accel, kernel=kernel)
+    artifacts = artifacts or new_artifacts_dir(f"fuzz-{arch}-tier{tier}")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    database = database or cache_dir("fuzz") / f"{arch}-tier{tier}"
+    log(f"fuzz: {arch} tier {tier}, seed {seed}, budget {budget:.0f}s, kernel {flavor};"
+        f" artifacts {artifacts}; example database {database}")  # fmt: skip
+    guest = Guest(prepared.machine, artifacts, ready_marker=prepared.ready_marker,
+                  qemu=prepared.binary, name="fuzz")  # fmt: skip
+    with guest:
+        preflight(guest)
+        executor = GuestExecutor(guest, plant)
+        result = fuzz(executor, budget=budget, seed=seed, database=database, steps=steps,
+                      chunk=CHUNK, log=log)  # fmt: skip
+        summary = result.summary()
+        summary.update(
+            arch=arch, tier=tier, kernel_flavor=flavor, plant=plant, accel=guest.vm.accel,
+            artifacts=str(artifacts), database=str(database),
+        )  # fmt: skip
+        found = result.failure or result.lost
+        if found is not None:
+            written = reproducer.write(
+                found, artifacts, plant=plant, prepared=prepared, guest=guest,
+                open_fds=getattr(found, "open_fds", 0),
+            )  # fmt: skip
+            summary["reproducer"] = {k: str(v) for k, v in written.items()}
+            summary["reproducer_steps"] = len(found.trace)
+    (artifacts / SUMMARY).write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    (artifacts / "coverage.txt").write_text(result.coverage.text() + "\n")
+    return summary
+
+
+def fuzz_replay_scenario() -> Any:
+    """The ``fuzz-replay`` scenario whose machine the fuzzer boots."""
+    return fuzz_replay.get_registered()
+
+
+def report(summary: dict[str, Any]) -> str:
+    """The summary for humans."""
+    contract = summary["contract"]
+    lines = [
+        f"fuzz {summary['arch']} tier {summary['tier']} (kernel {summary['kernel_flavor']},"
+        f" {summary['accel']}): seed {summary['seed']}",
+        f"  {summary['steps']} steps in {summary['elapsed_s']}s ({summary['steps_per_s']}/s),"
+        f" {summary['examples']} examples, {summary['distinct_rule_pairs']} rule pairs,"
+        f" {summary['distinct_ioctl_outcomes']} ioctl x outcome",
+        "  coverage (ioctl: outcome x count):",
+    ]
+    for row in summary["ioctl_outcomes"]:
+        outs = ", ".join(f"{o} x{n}" for o, n in row["outcomes"].items())
+        lines.append(f"    {row['ioctl']}: {outs}")
+    lines.append(
+        f"  errno contract: {len(contract['reached'])} rows reached,"
+        f" {len(contract['never_reached'])} never reached"
+    )
+    for row in contract["never_reached"]:
+        lines.append(f"    never: {row['ioctl']} {row['errno']} ({row['case']})")
+    if summary["found"]:
+        lines.append(f"  FOUND: {summary['failure'] or summary['guest_lost'] or summary['error']}")
+        for name, path in (summary.get("reproducer") or {}).items():
+            lines.append(f"    {name}: {path}")
+    else:
+        lines.append("  nothing found")
+    lines.append(f"  artifacts: {summary['artifacts']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    budget = parse_budget(args.budget)
+    seed = args.seed if args.seed is not None else new_seed()
+    summary = run_fuzz(
+        args.arch, tier=args.tier, budget=budget, seed=seed, kernel_flavor=args.kernel_flavor,
+        steps=args.steps, plant=args.plant, database=args.database, artifacts=args.artifacts,
+        accel=args.accel, qemu=args.qemu,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=1, default=str) if args.json else report(summary))
+    return 1 if summary["found"] else 0

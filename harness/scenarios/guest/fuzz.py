@@ -1,0 +1,322 @@
+"""Guest half of the nesting uAPI fuzzer (``harness.fuzz``): execute steps, report outcomes.
+
+The host runs hypothesis and the model (``harness.fuzz.model``); this module only does
+what a step says, on a per-example ``Session`` (a fresh /dev/iommu fd: closing it frees
+every object, so examples are independent and hypothesis can replay and shrink), and
+reports what the kernel answered: ``{"outcome": "ok" | errno name, ...result fields}``.
+It never judges.  A step is ``{"op": name, "args": {...}}`` with kernel IDs as the
+arguments; ``Session.<op>(**args)`` is the same call, which is what a reproducer script
+runs.  ``plant`` makes the executor send one wrong field in one rare state (a planted
+bug the fuzzer must find and shrink; ``PLANTS`` lists them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+from typing import Any
+
+from guests.agent import system
+from guests.agent.server import method
+from harness.driver import PAGE_SIZE, DmaBuffer, IoctlError, IommuFD, Selftest
+from harness.driver.errors import errno_name
+from harness.driver.iommufd import U64_MAX, invalidate, split_vevents
+from harness.uapi import iommufd as uapi
+from harness.uapi import iommufd_test as t
+
+PAGES = 16
+APERTURE = t.MOCK_APERTURE_START
+RW_FIXED = int(
+    uapi.IOMMU_IOAS_MAP_READABLE | uapi.IOMMU_IOAS_MAP_WRITEABLE | uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+)
+SELFTEST_DATA = bytes(t.iommu_hwpt_selftest(iotlb=t.IOMMU_TEST_IOTLB_DEFAULT))
+EVENT_PAYLOAD = ctypes.sizeof(t.iommu_viommu_event_selftest)
+PGFAULT = ctypes.sizeof(uapi.iommu_hwpt_pgfault)
+QUEUE_LINKS = ("[iommufd-viommu-event]", "[iommufd-pgfault]")
+#: planted bugs: name -> what the executor gets wrong
+PLANTS = {
+    "invalidate-nested-viommu-with-veventq": (
+        "IOMMU_HWPT_INVALIDATE of a nested HWPT allocated over a vIOMMU, while a vEVENTQ fd "
+        "is open: the entry's flags are sent as 0xffffffff"
+    ),
+}
+
+
+class Session:
+    """One /dev/iommu fd with the mock, a 16-page buffer, and the queue fds it opened."""
+
+    def __init__(self, plant: str | None = None) -> None:
+        if plant is not None and plant not in PLANTS:
+            raise ValueError(f"unknown plant {plant!r}; known: {', '.join(PLANTS)}")
+        self.plant = plant
+        self.buf = DmaBuffer(PAGES * PAGE_SIZE)
+        self.ictx = IommuFD()
+        self.st = Selftest(self.ictx)
+        self.st.set_temp_memory_limit()
+        #: queue fds by object ID, and which kind of queue each is
+        self.fds: dict[int, int] = {}
+        self.kinds: dict[int, str] = {}
+        #: nested HWPT IDs allocated over a vIOMMU (for the planted bug only)
+        self._viommu_nested: set[int] = set()
+        self._viommus: set[int] = set()
+
+    def close(self) -> None:
+        """Close the queue fds and the iommufd (the kernel frees every object)."""
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+        self.ictx.close(destroy=False)
+        self.buf.close()
+
+    def execute(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run one step; the kernel's answer as ``{"outcome": ..., fields}``."""
+        fn = getattr(self, op, None)
+        if fn is None or op.startswith("_") or op in ("close", "execute"):
+            raise ValueError(f"unknown fuzz op {op!r}")
+        try:
+            fields: dict[str, Any] = fn(**args) or {}
+        except IoctlError as err:
+            out: dict[str, Any] = {"outcome": errno_name(err.errno or 0)}
+            if err.entries_done is not None:
+                out["done"] = err.entries_done
+            return out
+        except OSError as err:
+            return {"outcome": errno_name(err.errno or 0)}
+        return {"outcome": "ok", **fields}
+
+    def _call(self, name: str, request: int, cmd: Any) -> None:
+        self.ictx.call(name, request, cmd)
+
+    # --- IOAS -------------------------------------------------------------------------
+
+    def ioas_alloc(self) -> dict[str, Any]:
+        cmd = uapi.iommu_ioas_alloc(ctypes.sizeof(uapi.iommu_ioas_alloc), 0, 0)
+        self._call("IOMMU_IOAS_ALLOC", uapi.IOMMU_IOAS_ALLOC, cmd)
+        return {"id": int(cmd.out_ioas_id)}
+
+    def map(self, ioas: int, page: int, npages: int) -> dict[str, Any]:
+        cmd = uapi.iommu_ioas_map(
+            ctypes.sizeof(uapi.iommu_ioas_map), RW_FIXED, ioas, 0,
+            self.buf.addr + page * PAGE_SIZE, npages * PAGE_SIZE, APERTURE + page * PAGE_SIZE,
+        )  # fmt: skip
+        self._call("IOMMU_IOAS_MAP", uapi.IOMMU_IOAS_MAP, cmd)
+        return {}
+
+    def _unmap(self, ioas: int, iova: int, length: int) -> dict[str, Any]:
+        cmd = uapi.iommu_ioas_unmap(ctypes.sizeof(uapi.iommu_ioas_unmap), ioas, iova, length)
+        self._call("IOMMU_IOAS_UNMAP", uapi.IOMMU_IOAS_UNMAP, cmd)
+        return {"unmapped": int(cmd.length) // PAGE_SIZE}
+
+    def unmap(self, ioas: int, page: int, npages: int) -> dict[str, Any]:
+        return self._unmap(ioas, APERTURE + page * PAGE_SIZE, npages * PAGE_SIZE)
+
+    def unmap_all(self, ioas: int) -> dict[str, Any]:
+        return self._unmap(ioas, 0, U64_MAX)
+
+    def copy(self, dst: int, src: int, src_page: int, dst_page: int, npages: int) -> dict[str, Any]:
+        cmd = uapi.iommu_ioas_copy(
+            ctypes.sizeof(uapi.iommu_ioas_copy), RW_FIXED, dst, src, npages * PAGE_SIZE,
+            APERTURE + dst_page * PAGE_SIZE, APERTURE + src_page * PAGE_SIZE,
+        )  # fmt: skip
+        self._call("IOMMU_IOAS_COPY", uapi.IOMMU_IOAS_COPY, cmd)
+        return {}
+
+    # --- devices ----------------------------------------------------------------------
+
+    def mock_device(self, pt: int) -> dict[str, Any]:
+        dev = self.st.mock_domain(pt)
+        return {"stdev": dev.id, "idev": dev.dev_id, "hwpt": dev.hwpt_id}
+
+    def replace(self, dev: int, pt: int) -> dict[str, Any]:
+        cmd = self.st.cmd(t.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, dev)
+        cmd.mock_domain_replace.pt_id = pt
+        self.st.call(cmd)
+        return {"hwpt": int(cmd.mock_domain_replace.pt_id)}
+
+    # --- HWPTs and the vIOMMU ---------------------------------------------------------
+
+    def hwpt_alloc(
+        self, dev: int, pt: int, nest_parent: bool, data: str, fault: int
+    ) -> dict[str, Any]:
+        flags = int(uapi.IOMMU_HWPT_ALLOC_NEST_PARENT) if nest_parent else 0
+        data_type, payload, length = {
+            "none": (int(uapi.IOMMU_HWPT_DATA_NONE), None, None),
+            "valid": (t.IOMMU_HWPT_DATA_SELFTEST, SELFTEST_DATA, None),
+            "short": (t.IOMMU_HWPT_DATA_SELFTEST, SELFTEST_DATA, 3),
+            "badtype": (0xFFFF, SELFTEST_DATA, None),
+        }[data]
+        hwpt = self.ictx.hwpt_alloc(
+            dev, pt, flags=flags, data_type=data_type, data=payload, data_len=length,
+            fault=None if fault < 0 else fault,
+        )  # fmt: skip
+        if pt in self._viommus:
+            self._viommu_nested.add(hwpt.id)
+        return {"id": hwpt.id}
+
+    def viommu_alloc(self, dev: int, hwpt: int) -> dict[str, Any]:
+        viommu = self.ictx.viommu(dev, hwpt, t.IOMMU_VIOMMU_TYPE_SELFTEST)
+        self._viommus.add(viommu.id)
+        return {"id": viommu.id}
+
+    def vdevice_alloc(self, viommu: int, dev: int, virt_id: int) -> dict[str, Any]:
+        cmd = uapi.iommu_vdevice_alloc(
+            ctypes.sizeof(uapi.iommu_vdevice_alloc), viommu, dev, 0, virt_id
+        )
+        self._call("IOMMU_VDEVICE_ALLOC", uapi.IOMMU_VDEVICE_ALLOC, cmd)
+        return {"id": int(cmd.out_vdevice_id)}
+
+    def veventq_alloc(self, viommu: int, depth: int) -> dict[str, Any]:
+        cmd = uapi.iommu_veventq_alloc(
+            ctypes.sizeof(uapi.iommu_veventq_alloc), 0, viommu, t.IOMMU_VEVENTQ_TYPE_SELFTEST,
+            depth, 0, 0, 0,
+        )  # fmt: skip
+        self._call("IOMMU_VEVENTQ_ALLOC", uapi.IOMMU_VEVENTQ_ALLOC, cmd)
+        qid = int(cmd.out_veventq_id)
+        self.fds[qid] = int(cmd.out_veventq_fd)
+        self.kinds[qid] = "VEVENTQ"
+        return {"id": qid}
+
+    def fault_alloc(self) -> dict[str, Any]:
+        cmd = uapi.iommu_fault_alloc(ctypes.sizeof(uapi.iommu_fault_alloc), 0, 0, 0)
+        self._call("IOMMU_FAULT_QUEUE_ALLOC", uapi.IOMMU_FAULT_QUEUE_ALLOC, cmd)
+        qid = int(cmd.out_fault_id)
+        self.fds[qid] = int(cmd.out_fault_fd)
+        self.kinds[qid] = "FAULT"
+        return {"id": qid}
+
+    def destroy(self, id: int) -> dict[str, Any]:
+        self.ictx.destroy(id)
+        return {}
+
+    # --- invalidation -----------------------------------------------------------------
+
+    def invalidate(
+        self, target: int, data_type: str, entry: str, index: int, virt_id: int
+    ) -> dict[str, Any]:
+        flags = {"all": t.IOMMU_TEST_INVALIDATE_FLAG_ALL, "badflags": 0xFFFF_FFFF}.get(entry, 0)
+        if (
+            self.plant == "invalidate-nested-viommu-with-veventq"
+            and target in self._viommu_nested
+            and any(kind == "VEVENTQ" for kind in self.kinds.values())
+        ):
+            flags = 0xFFFF_FFFF  # the planted bug
+        bad_index = entry == "badid"
+        if data_type in ("hwpt", "badtype"):
+            kind = (
+                t.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST
+                if data_type == "hwpt"
+                else t.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID
+            )
+            one: Any = t.iommu_hwpt_invalidate_selftest(
+                flags, t.MOCK_NESTED_DOMAIN_IOTLB_ID_MAX + 1 if bad_index else index
+            )
+        else:
+            kind = t.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST
+            one = t.iommu_viommu_invalidate_selftest(
+                flags, virt_id, t.MOCK_DEV_CACHE_ID_MAX + 1 if bad_index else index
+            )
+        size = ctypes.sizeof(one)
+        if entry == "empty":
+            done = invalidate(self.ictx, target, kind, [], entry_len=size, entry_num=0)
+        elif entry == "nolen":
+            done = invalidate(self.ictx, target, kind, bytes(one), entry_len=0, entry_num=1)
+        else:
+            done = invalidate(self.ictx, target, kind, [one])
+        return {"done": done}
+
+    # --- events and faults ------------------------------------------------------------
+
+    def trigger_vevent(self, dev: int) -> dict[str, Any]:
+        self.st.trigger_vevent(dev)
+        return {}
+
+    def trigger_iopf(self, dev: int) -> dict[str, Any]:
+        self.st.trigger_iopf(dev)
+        return {}
+
+    def _fd(self, queue: int, kind: str) -> int:
+        if self.kinds.get(queue) != kind or queue not in self.fds:
+            raise OSError(errno.EBADF, f"no open {kind} fd for object {queue}")
+        return self.fds[queue]
+
+    def read_vevents(self, queue: int) -> dict[str, Any]:
+        fd = self._fd(queue, "VEVENTQ")
+        records: list[list[Any]] = []
+        while data := os.read(fd, 4096):
+            for event in split_vevents(data, EVENT_PAYLOAD):
+                records.append(["lost" if event.lost_events else "event", event.sequence])
+        return {"records": records}
+
+    def read_faults(self, queue: int) -> dict[str, Any]:
+        fd = self._fd(queue, "FAULT")
+        count = 0
+        while data := os.read(fd, 64 * PGFAULT):
+            count += len(data) // PGFAULT
+        return {"records": count}
+
+    def close_fd(self, queue: int) -> dict[str, Any]:
+        if queue not in self.fds:
+            raise OSError(errno.EBADF, f"no open queue fd for object {queue}")
+        os.close(self.fds.pop(queue))
+        self.kinds.pop(queue, None)
+        return {}
+
+
+def queue_fds() -> int:
+    """Open fds of this process that are iommufd vEVENTQ or fault queues (from /proc)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}").endswith(QUEUE_LINKS):
+                count += 1
+    return count
+
+
+_SESSION: dict[str, Any] = {}
+
+
+@method
+def begin(plant: str | None = None) -> str:
+    """Start an example: a fresh session; returns a kernel-log mark for ``end``."""
+    old = _SESSION.pop("session", None)
+    if old is not None:
+        old.close()
+    mark = str(system.dmesg_mark())
+    _SESSION["session"] = Session(plant)
+    _SESSION["mark"] = mark
+    return mark
+
+
+@method
+def step(op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Run one step in the current session."""
+    session = _SESSION.get("session")
+    if session is None:
+        raise RuntimeError("fuzz.step before fuzz.begin")
+    result: dict[str, Any] = session.execute(op, args)
+    return result
+
+
+@method
+def end() -> dict[str, Any]:
+    """End the example: queue fds open before closing, fds left after, kernel log since."""
+    session = _SESSION.pop("session", None)
+    open_before = queue_fds()
+    if session is not None:
+        session.close()
+    return {
+        "queue_fds": open_before,
+        "queue_fds_after_close": queue_fds(),
+        "dmesg": system.dmesg(since=_SESSION.pop("mark", None)),
+    }
+
+
+@method
+def run(steps: list[dict[str, Any]], plant: str | None = None) -> dict[str, Any]:
+    """Replay ``steps`` in one fresh session; each step's answer, then ``end``'s."""
+    begin(plant)
+    answers = [step(s["op"], s["args"]) for s in steps]
+    return {"answers": answers, **end()}

@@ -1,0 +1,300 @@
+"""The fuzzer's model predicts hand-written sequences the way drivers/iommu/iommufd (7.3) answers.
+
+No guest: each step's observation is what the 7.3 kernel returned for it in a guest (the
+IDs a fresh /dev/iommu hands out, in order), fed to ``commit`` as the runner does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from harness.fuzz.model import BOGUS_ID, OK, Model, ModelError, Prediction
+
+pytestmark = pytest.mark.tier0
+
+
+class Driver:
+    """Steps a model through predictions, committing each with a given observation."""
+
+    def __init__(self) -> None:
+        self.m = Model()
+        self.next_id = 1
+
+    def ids(self, n: int) -> list[int]:
+        out = list(range(self.next_id, self.next_id + n))
+        self.next_id += n
+        return out
+
+    def do(self, op: str, **args: Any) -> Prediction:
+        pred = self.m.predict(op, **args)
+        obs: dict[str, Any] = {"outcome": pred.outcome, **pred.fields}
+        if pred.outcome == OK:
+            if op in ("ioas_alloc", "hwpt_alloc", "viommu_alloc", "vdevice_alloc",
+                      "veventq_alloc", "fault_alloc"):  # fmt: skip
+                obs["id"] = self.ids(1)[0]
+            elif op == "mock_device":
+                stdev, idev = self.ids(2)
+                obs.update(stdev=stdev, idev=idev, hwpt=pred.fields.get("hwpt") or self.ids(1)[0])
+            elif op == "replace" and "hwpt" not in pred.fields:
+                obs["hwpt"] = self.ids(1)[0]
+            elif op == "replace":
+                obs["hwpt"] = pred.fields["hwpt"]
+        if pred.commit is not None:
+            pred.commit(obs)
+        return pred
+
+    def last(self) -> int:
+        return self.m._next - 1
+
+
+def base() -> tuple[Driver, int]:
+    """An IOAS and a mock device attached to it (through an auto domain)."""
+    d = Driver()
+    d.do("ioas_alloc")
+    ioas = d.last()
+    d.do("mock_device", pt=ioas)
+    return d, ioas
+
+
+def device(d: Driver) -> int:
+    return next(h for h in d.m.handles("DEVICE", alive=True))
+
+
+def test_map_unmap_copy_areas() -> None:
+    d = Driver()
+    d.do("ioas_alloc")
+    ioas = d.last()
+    assert d.do("map", ioas=ioas, page=0, npages=2).outcome == OK
+    assert d.do("map", ioas=ioas, page=1, npages=1).outcome == "EEXIST"
+    assert d.do("unmap", ioas=ioas, page=1, npages=1).outcome == "ENOENT"  # straddles
+    assert d.do("copy", dst=ioas, src=ioas, src_page=0, dst_page=4, npages=2).outcome == OK
+    assert d.do("copy", dst=ioas, src=ioas, src_page=2, dst_page=8, npages=1).outcome == "ENOENT"
+    pred = d.do("unmap_all", ioas=ioas)
+    assert (pred.outcome, pred.fields) == (OK, {"unmapped": 4})
+    assert d.do("unmap", ioas=ioas, page=0, npages=1).outcome == "ENOENT"
+
+
+def test_unmap_stops_at_a_straddling_area() -> None:
+    """The kernel unmaps contained areas in IOVA order until one straddles the range."""
+    d = Driver()
+    d.do("ioas_alloc")
+    ioas = d.last()
+    d.do("map", ioas=ioas, page=0, npages=1)
+    d.do("map", ioas=ioas, page=1, npages=2)
+    assert d.do("unmap", ioas=ioas, page=0, npages=2).outcome == "ENOENT"
+    assert d.m.objs[ioas].areas == [(1, 2)]
+
+
+def test_auto_domain_is_shared_and_freed() -> None:
+    d, ioas = base()
+    dev = device(d)
+    auto = d.m.objs[dev].attached
+    assert auto is not None and auto.auto
+    pred = d.m.predict("mock_device", pt=ioas)
+    assert pred.fields == {"hwpt": auto.kid}  # a second device shares the auto domain
+    assert d.do("destroy", target=ioas).outcome == "EBUSY"
+    assert d.do("destroy", target=auto.handle).outcome == "EBUSY"
+    assert d.do("destroy", target=dev).outcome == OK  # the selftest object: unbinds
+    assert not auto.alive
+    assert d.do("destroy", target=ioas).outcome == OK
+
+
+def test_device_id_is_held_by_the_driver() -> None:
+    d, _ = base()
+    assert d.do("destroy", target=device(d), role="DEVICE").outcome == "EBUSY"
+
+
+def test_nesting_holds_and_errnos() -> None:
+    d, ioas = base()
+    dev = device(d)
+    assert d.do("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True).outcome == OK
+    parent = d.last()
+    assert d.do("hwpt_alloc", dev=dev, pt=ioas).outcome == OK
+    plain = d.last()
+    assert d.do("hwpt_alloc", dev=dev, pt=plain, data="valid").outcome == "EINVAL"
+    assert d.do("hwpt_alloc", dev=dev, pt=parent, data="none").outcome == "EOPNOTSUPP"
+    assert d.do("hwpt_alloc", dev=dev, pt=parent, data="short").outcome == "EINVAL"
+    assert d.do("hwpt_alloc", dev=dev, pt=parent, data="badtype").outcome == "EOPNOTSUPP"
+    assert d.do("hwpt_alloc", dev=dev, pt=None).outcome == "EINVAL"  # pt_id: EINVAL
+    assert d.do("hwpt_alloc", dev=None, pt=ioas).outcome == "ENOENT"
+    assert d.do("viommu_alloc", dev=dev, hwpt=plain).outcome == "EINVAL"
+    assert d.do("viommu_alloc", dev=dev, hwpt=ioas).outcome == "ENOENT"
+    assert d.do("viommu_alloc", dev=dev, hwpt=parent).outcome == OK
+    viommu = d.last()
+    assert d.do("hwpt_alloc", dev=dev, pt=viommu, data="valid").outcome == OK
+    vnested = d.last()
+    # attaching a vIOMMU-based nested HWPT needs the device's vDEVICE on that vIOMMU
+    assert d.do("replace", dev=dev, pt=vnested).outcome == "ENOENT"
+    assert d.do("vdevice_alloc", viommu=viommu, dev=dev, virt_id=2).outcome == OK
+    assert d.do("vdevice_alloc", viommu=viommu, dev=dev, virt_id=3).outcome == "EEXIST"
+    assert d.do("replace", dev=dev, pt=vnested).outcome == OK
+    assert d.do("destroy", target=vnested).outcome == "EBUSY"
+    assert d.do("destroy", target=viommu).outcome == "EBUSY"
+    assert d.do("destroy", target=parent).outcome == "EBUSY"
+    assert d.do("replace", dev=dev, pt=viommu).outcome == "EINVAL"  # not a page table
+
+
+def test_vevents_sequence_and_lost() -> None:
+    d, ioas = base()
+    dev = device(d)
+    d.do("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True)
+    d.do("viommu_alloc", dev=dev, hwpt=d.last())
+    viommu = d.last()
+    d.do("vdevice_alloc", viommu=viommu, dev=dev, virt_id=1)
+    d.do("hwpt_alloc", dev=dev, pt=viommu, data="valid")
+    d.do("replace", dev=dev, pt=d.last())
+    assert d.do("trigger_vevent", dev=dev).outcome == "EOPNOTSUPP"  # no vEVENTQ yet
+    assert d.do("veventq_alloc", viommu=viommu, depth=0).outcome == "EINVAL"
+    assert d.do("veventq_alloc", viommu=viommu, depth=2).outcome == OK
+    queue = d.last()
+    assert d.do("veventq_alloc", viommu=viommu, depth=2).outcome == "EEXIST"
+    for _ in range(4):
+        assert d.do("trigger_vevent", dev=dev).outcome == OK
+    pred = d.do("read_vevents", queue=queue)
+    assert pred.fields == {"records": [["event", 0], ["event", 1], ["lost", 3]]}
+    assert d.do("destroy", target=queue).outcome == "EBUSY"  # its fd holds it
+    assert d.do("close_fd", queue=queue).outcome == OK
+    assert d.do("read_vevents", queue=queue).outcome == "EBADF"
+    assert d.do("destroy", target=queue).outcome == OK
+    assert d.m.open_queue_fds() == 0
+
+
+def test_virt_id_zero_reports_no_vevent() -> None:
+    """The mock treats vdev_id 0 as 'no vDEVICE' (iommufd_test_trigger_vevent)."""
+    d, ioas = base()
+    dev = device(d)
+    d.do("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True)
+    d.do("viommu_alloc", dev=dev, hwpt=d.last())
+    viommu = d.last()
+    d.do("vdevice_alloc", viommu=viommu, dev=dev, virt_id=0)
+    d.do("veventq_alloc", viommu=viommu, depth=1)
+    d.do("hwpt_alloc", dev=dev, pt=viommu, data="valid")
+    d.do("replace", dev=dev, pt=d.last())
+    assert d.do("trigger_vevent", dev=dev).outcome == "ENOENT"
+
+
+def test_destroyed_device_tombstones_its_vdevice() -> None:
+    d, ioas = base()
+    dev = device(d)
+    d.do("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True)
+    d.do("viommu_alloc", dev=dev, hwpt=d.last())
+    viommu = d.last()
+    d.do("vdevice_alloc", viommu=viommu, dev=dev, virt_id=1)
+    vdev = d.last()
+    kid = d.m.objs[vdev].kid
+    assert d.do("destroy", target=dev).outcome == OK
+    assert kid in d.m.tombstones
+    assert d.do("destroy", target=vdev).outcome == "ENOENT"
+    assert d.do("destroy", target=viommu).outcome == OK
+
+
+def test_invalidation_order_and_layouts() -> None:
+    d, ioas = base()
+    dev = device(d)
+    d.do("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True)
+    parent = d.last()
+    d.do("hwpt_alloc", dev=dev, pt=parent, data="valid")
+    nested = d.last()
+
+    def inv(target: int | None, data_type: str, entry: str, **kw: Any) -> tuple[str, Any]:
+        pred = d.do("invalidate", target=target, data_type=data_type, entry=entry, **kw)
+        return pred.outcome, pred.fields["done"]
+
+    assert inv(None, "hwpt", "nolen") == ("EINVAL", 0)  # the array is checked before the ID
+    assert inv(None, "hwpt", "one") == ("ENOENT", 0)
+    assert inv(parent, "hwpt", "one") == ("EINVAL", 0)
+    assert inv(nested, "hwpt", "one", index=3) == (OK, 1)
+    assert inv(nested, "hwpt", "badflags") == ("EOPNOTSUPP", 0)
+    assert inv(nested, "hwpt", "badid") == ("EINVAL", 0)
+    assert inv(nested, "badtype", "one") == ("EINVAL", 0)
+    assert inv(nested, "hwpt", "empty") == (OK, 0)
+    # a vIOMMU-layout entry (12 bytes) on a nested HWPT: longer than sizeof, EINVAL even
+    # when the extra bytes are zero (found by the fuzzer: the model expected success)
+    assert inv(nested, "viommu", "one", index=1) == ("EINVAL", 0)
+    assert inv(nested, "viommu", "one", index=0, virt_id=2) == ("EINVAL", 0)
+    d.do("viommu_alloc", dev=dev, hwpt=parent)
+    viommu = d.last()
+    d.do("vdevice_alloc", viommu=viommu, dev=dev, virt_id=2)
+    assert inv(viommu, "viommu", "one", virt_id=2) == (OK, 1)
+    assert inv(viommu, "viommu", "one", virt_id=3) == ("EINVAL", 0)
+    assert inv(viommu, "viommu", "badid", virt_id=2) == ("EINVAL", 0)
+    assert inv(viommu, "viommu", "badflags", virt_id=3) == ("EOPNOTSUPP", 0)
+    # an IOTLB-layout entry on a vIOMMU is zero-extended: its iotlb_id becomes the vdev_id
+    assert inv(viommu, "hwpt", "one", index=2) == (OK, 1)
+    assert inv(viommu, "hwpt", "one", index=1) == ("EINVAL", 0)
+    assert inv(viommu, "viommu", "empty") == (OK, 0)
+    assert inv(viommu, "badtype", "empty") == ("EINVAL", 0)
+
+
+def test_faults_reach_the_queue_of_the_attached_hwpt_only() -> None:
+    d, ioas = base()
+    dev = device(d)
+    d.do("fault_alloc")
+    fault = d.last()
+    d.do("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True, fault=fault)
+    assert d.m.predict("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True, fault=fault).outcome == (
+        "EOPNOTSUPP"
+    )
+    d.do("hwpt_alloc", dev=dev, pt=ioas, fault=fault)
+    iopf = d.last()
+    d.do("trigger_iopf", dev=dev)  # attached to the auto domain: nothing queued
+    d.do("replace", dev=dev, pt=iopf)
+    d.do("trigger_iopf", dev=dev)
+    d.do("trigger_iopf", dev=dev)
+    assert d.do("read_faults", queue=fault).fields == {"records": 2}
+    d.do("trigger_iopf", dev=dev)
+    d.do("replace", dev=dev, pt=ioas)  # leaving the HWPT answers its pending faults
+    assert d.do("read_faults", queue=fault).fields == {"records": 0}
+    assert d.do("destroy", target=fault).outcome == "EBUSY"
+
+
+def test_bogus_and_stale_ids() -> None:
+    d, _ = base()
+    assert d.m.kid(None) == BOGUS_ID
+    for op, args in (
+        ("map", {"ioas": None, "page": 0, "npages": 1}),
+        ("destroy", {"target": None}),
+        ("mock_device", {"pt": None}),
+        ("trigger_iopf", {"dev": None}),
+        ("veventq_alloc", {"viommu": None, "depth": 1}),
+    ):
+        assert d.m.predict(op, **args).outcome == "ENOENT", op
+    d.do("ioas_alloc")
+    other = d.last()
+    d.do("destroy", target=other)
+    assert d.do("map", ioas=other, page=0, npages=1).outcome == "ENOENT"
+
+
+def test_an_id_clash_is_a_model_error() -> None:
+    d = Driver()
+    d.do("ioas_alloc")
+    pred = d.m.predict("ioas_alloc")
+    assert pred.commit is not None
+    with pytest.raises(ModelError):
+        pred.commit({"outcome": OK, "id": d.m.objs[0].kid})
+
+
+def test_mismatch_names_the_field() -> None:
+    d = Driver()
+    d.do("ioas_alloc")
+    pred = d.m.predict("unmap_all", ioas=0)
+    assert pred.mismatch({"outcome": OK, "unmapped": 0}) is None
+    assert pred.mismatch({"outcome": OK, "unmapped": 1}) == "unmapped: expected 0, got 1"
+    assert pred.mismatch({"outcome": "EINVAL"}) == "outcome: expected ok, got EINVAL"
+
+
+def test_mock_domain_onto_its_own_new_device_id() -> None:
+    """Found by the fuzzer: MOCK_DOMAIN binds the new device before it looks up pt_id, so
+    a pt_id equal to the device ID it is about to get names a device (EINVAL)."""
+    d = Driver()
+    d.do("ioas_alloc")
+    ioas = d.last()
+    assert d.m.free_ids(2) == [2, 3]
+    stale = d.m.handles()[0]
+    d.m.objs[stale].kid = 3  # a stale handle whose ID is the next device's
+    pred = d.m.predict("mock_device", pt=stale)
+    assert (pred.wire["args"], pred.outcome) == ({"pt": 3}, "EINVAL")
+    d.m.objs[stale].kid = 1
+    assert d.m.predict("mock_device", pt=ioas).outcome == OK
