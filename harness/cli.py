@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "rings": ("harness.commands.rings", "print a running guest's vIOMMU queues, read over QMP"),
     "fleet": ("harness.commands.fleet", "hosts on Dask for qualify --fleet: probe, deploy"),
+    "fuzz": ("harness.commands.fuzz", "stateful fuzzing of the nesting uAPI in a guest"),
+    "bisect": ("harness.commands.bisect", "find the kernel or QEMU commit that broke a scenario"),
 }
 
 

@@ -19,10 +19,12 @@ rank  layer         modules
                     ``pgtable``, ``klog``, ``firmware.acpi`` / ``iort`` / ``capability``,
                     ``images.cpio``
 2     description   ``qemu.description``, ``profiles``, ``tier3.passthrough``
-3     argv          ``qemu.argv`` / ``accel`` / ``probe`` / ``qmp`` / ``rundir`` /
-                    ``leaks`` / ``lifetime``
+3     argv          ``qemu.argv`` / ``accel`` / ``qmp`` / ``rundir`` / ``leaks`` /
+                    ``lifetime``
 4     machine       ``qemu`` (the rest: ``machine``, ``trace``)
-5     images        ``images`` (kernel and initramfs builds), ``firmware.initrd``
+5     images        ``images`` (kernel and initramfs builds), ``firmware.initrd``,
+                    ``qemu.installs`` (QEMU 11 from a trixie tree built like the images)
+                    and ``qemu.probe`` (which QEMU: it builds that tree on first use)
 6     guest/agent   ``agent``, ``guest``, ``firmware`` (the package, ``override``: boots
                     once to read QEMU's IORT), ``tier3`` (L1/L2 machines, forwarding)
 7     driver        ``driver``, ``devices`` (the in-guest DMA drivers)
@@ -32,7 +34,8 @@ rank  layer         modules
                     (the bundle format a failed verdict leaves)
 11    scenarios     ``scenarios`` (host halves), ``scenarios.runner``, ``kselftest``
                     (the kernel's own selftests, built and run in guests)
-12    report        ``replay``, ``commands``, ``qualify``, ``fleet``, ``pytest_plugin``
+12    report        ``replay``, ``commands``, ``qualify``, ``fleet``, ``pytest_plugin``,
+                    ``bisect``
 13    cli           ``cli``, ``__main__``
 ====  ============  ================================================================
 
@@ -68,18 +71,19 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "harness.klog", "harness.firmware.acpi", "harness.firmware.iort",
                  "harness.firmware.capability", "harness.images.cpio")),
     ("description", ("harness.qemu.description", "harness.profiles", "harness.tier3.passthrough")),
-    ("argv", ("harness.qemu.argv", "harness.qemu.accel", "harness.qemu.probe", "harness.qemu.qmp",
+    ("argv", ("harness.qemu.argv", "harness.qemu.accel", "harness.qemu.qmp",
               "harness.qemu.rundir", "harness.qemu.leaks", "harness.qemu.lifetime")),
     ("machine", ("harness.qemu",)),
-    ("images", ("harness.images", "harness.firmware.initrd")),
+    ("images", ("harness.images", "harness.firmware.initrd", "harness.qemu.installs",
+                "harness.qemu.probe")),
     ("guest/agent", ("harness.agent", "harness.guest", "harness.firmware", "harness.tier3")),
     ("driver", ("harness.driver", "harness.devices")),
     ("checkers", ("harness.rings", "harness.tier3.hostcheck")),
     ("guest halves", ("harness.scenarios.guest",)),
     ("verdict", ("harness.scenarios.base", "harness.repro")),
-    ("scenarios", ("harness.scenarios", "harness.kselftest")),
+    ("scenarios", ("harness.scenarios", "harness.kselftest", "harness.fuzz")),
     ("report", ("harness.replay", "harness.commands", "harness.qualify", "harness.fleet",
-                "harness.pytest_plugin")),
+                "harness.pytest_plugin", "harness.bisect")),
     ("cli", ("harness.cli", "harness.__main__")),
 )  # fmt: skip
 
