@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.qualify.matrix import mapping_field
 
 DEFAULT_PREFIX = "/opt/viommu-harness"
 DEFAULT_TIMEOUT = 30.0
@@ -95,14 +96,6 @@ class Fleet:
 
     def host_names(self) -> str:
         return ", ".join(h.name for h in self.hosts)
-
-
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-    return {str(k): v for k, v in value.items()}
 
 
 def _unknown(entry: dict[str, Any], known: tuple[str, ...], where: str) -> None:
@@ -165,7 +158,7 @@ def _port(text: str, where: str) -> int:
 
 def _remote_host(raw: Any, i: int, prefix: str, names: set[str]) -> Host:
     where = f"hosts[{i}]"
-    entry = _mapping(raw, where)
+    entry = mapping_field(raw, where)
     _unknown(entry, HOST_KEYS, where)
     for key in ("name", "address"):
         if entry.get(key) in (None, ""):
@@ -205,7 +198,7 @@ def _abs(value: Any, where: str) -> str:
 
 def parse_fleet(data: Any, source: str = "fleet") -> Fleet:
     """A decoded fleet file -> ``Fleet``; ConfigError (one line, naming the key) if wrong."""
-    top = _mapping(data, "fleet")
+    top = mapping_field(data, "fleet")
     _unknown(top, TOP_KEYS, "fleet")
     name = _text(top.get("name", "fleet"), "name")
     retries = _int(top.get("retries", 0), "retries", 0, 10)
@@ -232,7 +225,7 @@ def parse_fleet(data: Any, source: str = "fleet") -> Fleet:
         local = top["local"]
         if local is False:
             raise ConfigError("local: false is not a fleet (give hosts instead)")
-        entry = {} if local is True else _mapping(local, "local")
+        entry = {} if local is True else mapping_field(local, "local")
         _unknown(entry, LOCAL_KEYS, "local")
         host = Host(
             name="local",

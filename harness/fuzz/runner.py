@@ -115,8 +115,13 @@ def fuzz(
     log: Callable[[str], None] = print,
     progress_every: float = 10.0,
     shrink_limit: float = 120.0,
+    reduce_limit: float | None = None,
 ) -> FuzzResult:
-    """Examples until ``budget`` seconds have passed or one fails (then shrunk)."""
+    """Examples until ``budget`` seconds have passed or one fails (then shrunk).
+
+    A failure is shrunk by hypothesis for at most ``shrink_limit`` seconds, then reduced
+    by delta debugging in the guest for at most ``reduce_limit`` (default: the same).
+    """
     run = Run(executor, log=log, progress_every=progress_every)
     run.deadline = time.monotonic() + budget
     run.shrink_limit = shrink_limit
@@ -162,7 +167,11 @@ def fuzz(
     if result.failure is not None and result.failure.trace:
         t1 = time.monotonic()
         before = len(result.failure.trace)
-        reduced = reduce_trace(executor, result.failure.trace, budget=shrink_limit)
+        reduced = reduce_trace(
+            executor,
+            result.failure.trace,
+            budget=shrink_limit if reduce_limit is None else reduce_limit,
+        )
         if reduced is not result.failure.trace:
             last = reduced[-1]
             what = f"step {len(reduced) - 1} ({last['step']['op']}): {last['mismatch']}"

@@ -112,7 +112,8 @@ class Matrix:
     variants: tuple[Variant, ...]
 
 
-def _mapping(value: Any, where: str) -> dict[str, Any]:
+def mapping_field(value: Any, where: str) -> dict[str, Any]:
+    """A YAML mapping with string keys (``{}`` for None); ConfigError naming ``where`` else."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -164,9 +165,9 @@ def _kernel(entry: Any, where: str) -> dict[str, Any]:
 def _options(model: str, raw: Any, where: str) -> dict[str, dict[str, Any]]:
     from harness.profiles import make_viommu
 
-    options = _mapping(raw, where) or {"default": {}}
+    options = mapping_field(raw, where) or {"default": {}}
     for label, opts in options.items():
-        opts = _mapping(opts, f"{where}.{label}")
+        opts = mapping_field(opts, f"{where}.{label}")
         options[label] = opts
         try:
             make_viommu(None if model == "none" else model, opts)
@@ -182,7 +183,7 @@ def _scenario_viommu(scenario: Any, arch: str) -> str:
 
 def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
     """Expand a decoded matrix over the scenario ``registry``; ConfigError names bad keys."""
-    top = _mapping(data, "matrix")
+    top = mapping_field(data, "matrix")
     unknown = set(top) - TOP_KEYS
     if unknown:
         raise ConfigError(
@@ -195,7 +196,7 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
         timeout = float(top.get("timeout", DEFAULT_TIMEOUT))
     except (TypeError, ValueError):
         raise ConfigError(f"matrix.timeout: {top.get('timeout')!r} is not a number") from None
-    params = _mapping(top.get("params"), "matrix.params")
+    params = mapping_field(top.get("params"), "matrix.params")
     seed = top.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise ConfigError(f"matrix.seed: {seed!r} is not an integer")
@@ -213,12 +214,12 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
             known = ", ".join(sorted(registry)) or "none"
             raise ConfigError(f"matrix.scenarios: unknown scenario {name!r} (known: {known})")
 
-    qemus = _mapping(top.get("qemu"), "matrix.qemu") or {"installed": None}
-    kernel_entries = _mapping(top.get("kernels"), "matrix.kernels") or {"default": None}
+    qemus = mapping_field(top.get("qemu"), "matrix.qemu") or {"installed": None}
+    kernel_entries = mapping_field(top.get("kernels"), "matrix.kernels") or {"default": None}
     kernels = {
         label: _kernel(entry, f"matrix.kernels.{label}") for label, entry in kernel_entries.items()
     }
-    viommus = _mapping(top.get("viommus"), "matrix.viommus")
+    viommus = mapping_field(top.get("viommus"), "matrix.viommus")
     if not viommus:
         raise ConfigError("matrix.viommus: at least one vIOMMU model (vtd, smmuv3, none)")
     models: list[tuple[str, tuple[str, ...], dict[str, dict[str, Any]]]] = []
@@ -226,7 +227,7 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
         where = f"matrix.viommus.{model}"
         if model not in MODEL_ARCHES:
             raise ConfigError(f"{where}: unknown vIOMMU model (vtd, smmuv3, none)")
-        entry = _mapping(raw, where)
+        entry = mapping_field(raw, where)
         extra = set(entry) - {"arches", "options"}
         if extra:
             raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown key (arches, options)")
@@ -240,7 +241,7 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
     if not isinstance(excludes, list):
         raise ConfigError("matrix.exclude: expected a list of mappings")
     for i, rule in enumerate(excludes):
-        rule = _mapping(rule, f"matrix.exclude[{i}]")
+        rule = mapping_field(rule, f"matrix.exclude[{i}]")
         extra = set(rule) - set(EXCLUDE_KEYS)
         if extra:
             raise ConfigError(
