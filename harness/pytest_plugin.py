@@ -45,6 +45,8 @@ MARKERS = {
     "x86_64": "x86_64 guest",
     "arm64": "arm64 guest",
     "slow": "takes more than a minute",
+    "nightly": "runs only in the nightly environment (VIOMMU_NIGHTLY=1, tox -e nightly):"
+    " kernel builds from scratch, long fuzzing, the whole selftest matrix",
     "kconfig": "kconfig(*OPTIONS): skip unless the guest kernel has CONFIG_<OPTION>=y/m",
     "kernel_reports_expected": "the test makes the guest kernel report (WARN, stall) on purpose",
 }
@@ -140,7 +142,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+NIGHTLY_ENV = "VIOMMU_NIGHTLY"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(NIGHTLY_ENV) != "1":  # CI's budget: nightly tests are not collected
+        nightly = [item for item in items if item.get_closest_marker("nightly")]
+        if nightly:
+            config.hook.pytest_deselected(items=nightly)
+            items[:] = [item for item in items if not item.get_closest_marker("nightly")]
     arch = config.getoption("--arch")
     viommu = config.getoption("--viommu")
     for item in items:

@@ -269,3 +269,20 @@ def test_host_device_skip_reasons(tmp_path: Path) -> None:
     assert "has no IOMMU group" in str(plugin.host_device_skip_reason("01:00.0", sysfs))
     (dev / "iommu_group").mkdir()
     assert plugin.host_device_skip_reason("0000:01:00.0", sysfs) is None
+
+
+def test_nightly_tests_are_collected_only_in_the_nightly_environment(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner.makepyfile(
+        """
+        import pytest
+        @pytest.mark.nightly
+        def test_long(): pass
+        def test_short(): pass
+        """
+    )
+    monkeypatch.delenv("VIOMMU_NIGHTLY", raising=False)
+    inner.runpytest().assert_outcomes(passed=1, deselected=1)
+    monkeypatch.setenv("VIOMMU_NIGHTLY", "1")
+    inner.runpytest().assert_outcomes(passed=2)

@@ -31,7 +31,7 @@ from harness.images import kernel as kernel_recipe
 from harness.images.cache import Cache
 from harness.images.progress import NullProgress
 
-pytestmark = [pytest.mark.slow, pytest.mark.tier1, pytest.mark.x86_64]
+pytestmark = [pytest.mark.slow, pytest.mark.nightly, pytest.mark.tier1, pytest.mark.x86_64]
 
 SHARED_TREE_NOTE = Path("/tmp/kernel-git-tree.txt")
 BRANCH = "bisect-test"

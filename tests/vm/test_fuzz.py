@@ -71,6 +71,7 @@ def test_fuzz_short_budget(arch: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.nightly
 @pytest.mark.parametrize("arch", ARCHES)
 def test_fuzz_nightly(arch: str, tmp_path: Path) -> None:
     """Nightly: 10 minutes per arch."""
@@ -78,6 +79,7 @@ def test_fuzz_nightly(arch: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.nightly
 @pytest.mark.x86_64
 def test_planted_bug_is_found_shrunk_and_replayed(tmp_path: Path) -> None:
     """The planted wrong flag is found, shrunk to a few steps, and fails again in a replay."""

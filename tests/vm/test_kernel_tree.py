@@ -22,7 +22,7 @@ from harness.images.tree import tree_state
 from harness.profiles import guest_machine
 from harness.scenarios import runner
 
-pytestmark = [pytest.mark.slow, pytest.mark.tier1]
+pytestmark = [pytest.mark.slow, pytest.mark.nightly, pytest.mark.tier1]
 
 
 def _test_tree(cache: Cache) -> Path:
