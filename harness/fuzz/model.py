@@ -126,6 +126,17 @@ class Prediction:
                 return f"{key}: expected {value!r}, got {observed.get(key)!r}"
         return None
 
+    def settle(self, observed: dict[str, Any]) -> str | None:
+        """Judge ``observed`` and, when it agrees, apply it to the model (``commit``);
+        None, or what differs or what the model could not take."""
+        problem = self.mismatch(observed)
+        if problem is None and self.commit is not None:
+            try:
+                self.commit(observed)
+            except ModelError as exc:
+                problem = str(exc)
+        return problem
+
 
 class ModelError(AssertionError):
     """The kernel's answer contradicts something the model takes as given (an ID clash)."""

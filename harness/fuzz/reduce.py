@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from harness.fuzz.model import Model, ModelError
+from harness.fuzz.model import Model
 
 #: call arguments that name objects (handles); None is a bogus ID, -1 "no fault queue"
 HANDLE_ARGS = frozenset({"ioas", "dst", "src", "pt", "dev", "hwpt", "viommu", "target",
@@ -62,12 +62,7 @@ def replay(executor: Any, steps: list[dict[str, Any]]) -> list[dict[str, Any]] |
                 "call": original["call"],
                 "got": obs,
             }
-            problem = pred.mismatch(obs)
-            if problem is None and pred.commit is not None:
-                try:
-                    pred.commit(obs)
-                except ModelError as exc:
-                    problem = str(exc)
+            problem = pred.settle(obs)
             created = list(range(before, model._next))
             entry["created"] = list(original.get("created", []))
             for old, new in zip(original.get("created", []), created, strict=False):

@@ -40,7 +40,6 @@ from harness.fuzz.model import (
     PAGES,
     VEVENTQ_MAX_DEPTH,
     Model,
-    ModelError,
     Prediction,
 )
 
@@ -180,12 +179,7 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             entry["got"] = obs
             run.coverage.record(rule_name, pred.ioctl, str(obs.get("outcome")))
             run.progress()
-            problem = pred.mismatch(obs)
-            if problem is None and pred.commit is not None:
-                try:
-                    pred.commit(obs)
-                except ModelError as exc:
-                    problem = str(exc)
+            problem = pred.settle(obs)
             entry["created"] = list(range(before, self.model._next))
             if problem is not None:
                 entry["mismatch"] = problem
