@@ -25,7 +25,7 @@ from harness.kselftest.expected import Judgement
 from harness.kselftest.junit import to_xml
 from harness.kselftest.matrix import configs, select
 from harness.kselftest.report import verdict_of, write_results
-from harness.kselftest.runner import BinaryRun, ConfigRun, run_config
+from harness.kselftest.runner import BinaryRun, ConfigRun, run_matrix
 from harness.kselftest.tap import TapResult
 
 _MARKS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP", "error": "ERROR", "xfail": "XFAIL",
@@ -121,30 +121,19 @@ def run(args: argparse.Namespace) -> int:
     live = sys.stderr if args.json else sys.stdout
     on_result = _printer(live)
     started = time.monotonic()
-    outcomes: list[ConfigRun] = []
-    for index, config in enumerate(chosen):
-        # the iommu suite drives the mock, not the vIOMMU: once per arch is enough
-        picked = selection
-        if index > 0 and "iommu" in selection.binaries:
-            rest = {s: b for s, b in selection.binaries.items() if s != "iommu"}
-            if not rest:
-                break
-            picked = type(selection)(rest, selection.tests)
-        outcomes.append(
-            run_config(
-                config,
-                build,
-                picked,
-                expected,
-                root,
-                on_result,
-                log=lambda text: print(f"[kselftest] {text}", file=sys.stderr, flush=True),
-                accel=args.accel,
-                qemu=args.qemu,
-                timeout=args.timeout,
-                image=image,
-            )
-        )
+    outcomes = run_matrix(
+        chosen,
+        build,
+        selection,
+        expected,
+        root,
+        on_result,
+        log=lambda text: print(f"[kselftest] {text}", file=sys.stderr, flush=True),
+        accel=args.accel,
+        qemu=args.qemu,
+        timeout=args.timeout,
+        image=image,
+    )
     wall = time.monotonic() - started
     cases = [case for outcome in outcomes for r in outcome.runs for case in r.cases()]
     (root / "junit.xml").write_text(to_xml(cases))

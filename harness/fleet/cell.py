@@ -2,9 +2,10 @@
 
 ``run_cell`` runs on a worker.  It announces the cell's start on the ``viommu-fleet``
 event topic (so the controller knows which host a lost cell was on), runs the variant
-through ``run_scenario`` in a private scratch directory, and returns a ``dict``: the
-cell's status and reason, its JUnit, the host's identity (name, node, kernel, QEMU), the
-timings, and the artifacts as a ``tar.gz`` archive.  The scratch directory is removed
+through ``harness.qualify.selftests.run_variant`` (a scenario or a kernel-selftest cell)
+in a private scratch directory, and returns a ``dict``: the cell's status and reason, its
+JUnit, the host's identity (name, node, kernel, QEMU), the timings, and the artifacts as
+a ``tar.gz`` archive.  The scratch directory is removed
 before it returns, whatever happens.  The matrix's ``timeout`` holds as under avocado:
 when it passes, the cell's QEMU is killed and the cell is an error saying it timed out.
 """
@@ -108,7 +109,7 @@ def run_cell(variant_json: dict[str, Any], submitted: float | None = None) -> di
     """Run one cell here; the result dict described in the module docstring."""
     from harness.images.errors import PrerequisiteError
     from harness.qemu.probe import MissingCapabilityError, probe, resolve_binary
-    from harness.scenarios.runner import run_scenario
+    from harness.qualify.selftests import run_variant
 
     started = time.time()
     variant = Variant.from_json(variant_json)
@@ -127,7 +128,7 @@ def run_cell(variant_json: dict[str, Any], submitted: float | None = None) -> di
     timer.start()
     try:
         try:
-            verdict = run_scenario(artifacts=artifacts, **variant.run_kwargs())
+            verdict, extra = run_variant(variant, artifacts, lambda text: None)
         except (MissingCapabilityError, PrerequisiteError) as exc:
             info.update(status="skipped", reason=str(exc).splitlines()[0])
         except Exception as exc:
@@ -137,7 +138,7 @@ def run_cell(variant_json: dict[str, Any], submitted: float | None = None) -> di
             info.update(status="error", reason=reason)
             details = str(exc)
         else:
-            info.update(verdict_info(verdict))
+            info.update(verdict_info(verdict), **extra)
             details = verdict.table() + "\n" + verdict.summary()
             with contextlib.suppress(OSError):
                 (artifacts / "verdict.txt").write_text(details + "\n")

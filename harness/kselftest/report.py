@@ -44,6 +44,26 @@ def verdict_of(outcomes: list[ConfigRun], wall_s: float) -> Verdict:
     return verdict
 
 
+def binary_summaries(outcome: ConfigRun) -> list[dict[str, Any]]:
+    """Per binary of one guest: counts, wall time, how it ended, and every result that did
+    not pass as ``[test, outcome, judgement, reason]`` (what a qualification report shows)."""
+    return [
+        {
+            "suite": r.suite,
+            "binary": r.binary,
+            "counts": r.counts(),
+            "wall_s": r.wall_s,
+            "lost": r.lost,
+            "not_passed": [
+                [res.name, res.outcome, j.status, j.reason or res.reason]
+                for res, j in zip(r.report.results, r.judgements, strict=True)
+                if res.outcome != "pass"
+            ],
+        }
+        for r in outcome.runs
+    ]
+
+
 def results_document(
     outcomes: list[ConfigRun], build: SelftestBuild, wall_s: float
 ) -> dict[str, Any]:

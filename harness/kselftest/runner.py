@@ -301,3 +301,33 @@ def run_config(
         run.judgements.append(Judgement("unexpected", run.lost))
         outcome.runs.append(run)
     return outcome
+
+
+def run_matrix(
+    chosen: list[ViommuConfig],
+    build: SelftestBuild,
+    selection: Selection,
+    expected: list[Expectation],
+    root: Path,
+    on_result: ResultHook,
+    *,
+    with_mock: bool = True,
+    **options: Any,
+) -> list[ConfigRun]:
+    """Run ``selection`` in a guest per configuration, in order (``run_config``'s options).
+
+    The iommu suite drives the ``IOMMUFD_TEST`` mock, not the vIOMMU: only the first
+    configuration runs it (none does with ``with_mock=False``, as in a qualification
+    cell that is not its arch's first).
+    """
+    outcomes: list[ConfigRun] = []
+    for config in chosen:
+        picked = selection
+        if not with_mock and "iommu" in selection.binaries:
+            rest = {s: b for s, b in selection.binaries.items() if s != "iommu"}
+            if not rest:
+                break
+            picked = Selection(rest, selection.tests)
+        outcomes.append(run_config(config, build, picked, expected, root, on_result, **options))
+        with_mock = False
+    return outcomes

@@ -1,4 +1,5 @@
-"""The body of the avocado qualification test: run one variant through ``run_scenario``.
+"""The body of the avocado qualification test: run one variant (``harness.qualify.selftests``
+sends a scenario to ``run_scenario``, a kernel-selftest cell to ``run_cell``).
 
 The test's ``variant`` parameter is a ``Variant`` as JSON.  The guest's artifacts go to
 ``<avocado test logdir>/artifacts``; what the report needs (status, reason, QEMU and
@@ -19,6 +20,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.qualify.matrix import Variant
 from harness.qualify.report import verdict_info
+from harness.qualify.selftests import run_variant as run_variant_verdict
 
 INFO_FILE = "variant.json"
 ARTIFACTS = "artifacts"
@@ -80,7 +82,6 @@ def run_variant(test: Any) -> None:
     from harness.qemu.lifetime import follow_env_owner
     from harness.qemu.probe import MissingCapabilityError
     from harness.repro import BUNDLE_FILE
-    from harness.scenarios.runner import run_scenario
 
     follow_env_owner()  # the job dies (even by SIGKILL): this test, its runner and QEMU too
     variant = Variant.from_json(json.loads(test.params.get("variant")))
@@ -90,7 +91,7 @@ def run_variant(test: Any) -> None:
     test.log.info("variant %s: %s", variant.id, json.dumps(variant.to_json()))
     try:
         with _complete_streams():
-            verdict = run_scenario(artifacts=artifacts, **variant.run_kwargs())
+            verdict, extra = run_variant_verdict(variant, artifacts, test.log.info)
     except (MissingCapabilityError, PrerequisiteError) as exc:
         info.update(status="skipped", reason=str(exc))
         _publish(test, info)
@@ -102,7 +103,7 @@ def run_variant(test: Any) -> None:
             info["repro_bundle"] = str(artifacts / BUNDLE_FILE)
         _publish(test, info)
         raise
-    info.update(verdict_info(verdict))
+    info.update(verdict_info(verdict), **extra)
     info.update(repro_bundle=verdict.facts.get("repro_bundle"), timings=verdict.timings)
     _publish(test, info)
     (Path(test.logdir) / "verdict.txt").write_text(

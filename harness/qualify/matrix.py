@@ -26,6 +26,17 @@ combinations a scenario supports (its arches, the vIOMMU its guest has on each):
           nested: {stage: nested}
     exclude:                    # drop variants matching every key of an entry
       - {viommu: vtd, options: scalable, qemu: installed}
+    kselftest:                  # the kernel's own selftests (harness kselftest), one
+      suite: all                #   variant per vIOMMU configuration x QEMU x kernel
+      arches: [x86_64, arm64]   # default: both
+      configs: [vtd-legacy]     # default: every configuration of each arch
+      tests: [vfio_pci_driver_test]  # BINARY or BINARY:FIXTURE.VARIANT.TEST; default all
+      timeout: 3600             # seconds per variant (default: the matrix's timeout)
+
+With a ``kselftest`` section, ``scenarios`` defaults to none and ``viommus`` may be left
+out (the selftests name their own configurations, ``harness.kselftest.matrix``).  The
+iommu suite drives the kernel's mock, not the vIOMMU: each arch's first configuration
+runs it.
 
 Variants are plain JSON (``Variant.to_json``) so that they travel as avocado test
 parameters.  Everything here is pure: loading YAML is ``load_matrix``.
@@ -46,8 +57,11 @@ MODEL_ARCHES = {"vtd": ("x86_64",), "smmuv3": ("arm64",), "none": ("x86_64", "ar
 QEMU_NAMES = {"x86_64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 TOP_KEYS = {
     "name", "description", "accel", "timeout", "scenarios", "params", "seed",
-    "qemu", "kernels", "viommus", "exclude",
+    "qemu", "kernels", "viommus", "exclude", "kselftest",
 }  # fmt: skip
+#: the scenario name of a kernel-selftest variant
+KSELFTEST = "kselftest"
+KSELFTEST_KEYS = ("suite", "arches", "configs", "tests", "timeout")
 EXCLUDE_KEYS = ("scenario", "arch", "viommu", "options", "qemu", "kernel")
 DEFAULT_TIMEOUT = 900.0
 
@@ -202,7 +216,9 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
         raise ConfigError(f"matrix.seed: {seed!r} is not an integer")
 
     names = top.get("scenarios")
-    if names is None:
+    if names is None and KSELFTEST in top:
+        names = []
+    elif names is None:
         names = sorted(
             n for n, s in registry.items()
             if s.tier >= 1 and getattr(s.run, "__module__", "").startswith("harness.scenarios.")
@@ -220,7 +236,7 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
         label: _kernel(entry, f"matrix.kernels.{label}") for label, entry in kernel_entries.items()
     }
     viommus = mapping_field(top.get("viommus"), "matrix.viommus")
-    if not viommus:
+    if not viommus and names:
         raise ConfigError("matrix.viommus: at least one vIOMMU model (vtd, smmuv3, none)")
     models: list[tuple[str, tuple[str, ...], dict[str, dict[str, Any]]]] = []
     for model, raw in viommus.items():
@@ -258,7 +274,7 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
             for olabel, opts in options.items():
                 labels = {"scenario": name, "arch": arch, "viommu": model, "options": olabel,
                           "qemu": qlabel, "kernel": klabel}  # fmt: skip
-                if any(all(str(labels[k]) == str(v) for k, v in rule.items()) for rule in excludes):
+                if _excluded(labels, excludes):
                     continue
                 vid = f"{name}.{arch}.{model}-{olabel}"
                 vid += f".qemu-{qlabel}" if len(qemus) > 1 else ""
@@ -281,9 +297,98 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
                         timeout=timeout,
                     )
                 )
+    if KSELFTEST in top:
+        variants += _kselftest_variants(
+            top[KSELFTEST], qemus, kernels, excludes, accel=accel, timeout=timeout
+        )
     if not variants:
         raise ConfigError("matrix: expands to no variant (no scenario fits these vIOMMUs/arches)")
     return Matrix(str(top.get("name", "matrix")), str(top.get("description", "")), tuple(variants))
+
+
+def _excluded(labels: dict[str, str], excludes: list[dict[str, Any]]) -> bool:
+    """Whether some ``exclude`` rule matches every one of its keys in ``labels``."""
+    return any(all(str(labels[k]) == str(v) for k, v in rule.items()) for rule in excludes)
+
+
+def _kselftest_variants(
+    raw: Any,
+    qemus: dict[str, Any],
+    kernels: dict[str, dict[str, Any]],
+    excludes: list[dict[str, Any]],
+    *,
+    accel: str,
+    timeout: float,
+) -> list[Variant]:
+    """The ``kselftest`` section's variants: configuration x QEMU x kernel."""
+    from harness.kselftest.matrix import MATRIX, select
+
+    where = f"matrix.{KSELFTEST}"
+    entry = mapping_field(raw, where)
+    extra = set(entry) - set(KSELFTEST_KEYS)
+    if extra:
+        raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown key ({', '.join(KSELFTEST_KEYS)})")
+    suite = str(entry.get("suite", "all"))
+    tests = entry.get("tests") or []
+    if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
+        raise ConfigError(f"{where}.tests: expected a list of BINARY[:TEST] names")
+    try:
+        select(suite, tests)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    arches = entry.get("arches") or list(MATRIX)
+    if not isinstance(arches, list) or any(a not in MATRIX for a in arches):
+        raise ConfigError(f"{where}.arches: expected a list of {', '.join(MATRIX)}")
+    labels = entry.get("configs")
+    known = {c.label for arch in arches for c in MATRIX[arch]}
+    if labels is not None:
+        if not isinstance(labels, list) or not labels:
+            raise ConfigError(f"{where}.configs: expected a list of configuration labels")
+        unknown = [label for label in labels if label not in known]
+        if unknown:
+            raise ConfigError(
+                f"{where}.configs: unknown configuration {unknown[0]!r}"
+                f" (known: {', '.join(sorted(known))})"
+            )
+    try:
+        timeout = float(entry.get("timeout", timeout))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}.timeout: {entry.get('timeout')!r} is not a number") from None
+    for label, kernel in kernels.items():
+        if kernel.get("initrd"):
+            raise ConfigError(
+                f"matrix.kernels.{label}: selftests boot the image's initramfs, not an initrd"
+            )
+    variants = []
+    for arch in arches:
+        chosen = [c for c in MATRIX[arch] if labels is None or c.label in labels]
+        for (qlabel, qentry), (klabel, kernel) in itertools.product(qemus.items(), kernels.items()):
+            for index, config in enumerate(chosen):
+                names = {"scenario": KSELFTEST, "arch": arch, "viommu": config.kind,
+                         "options": config.label, "qemu": qlabel, "kernel": klabel}  # fmt: skip
+                if _excluded(names, excludes):
+                    continue
+                vid = f"{KSELFTEST}.{arch}.{config.label}"
+                vid += f".qemu-{qlabel}" if len(qemus) > 1 else ""
+                vid += f".kernel-{klabel}" if len(kernels) > 1 else ""
+                variants.append(
+                    Variant(
+                        id=vid,
+                        scenario=KSELFTEST,
+                        arch=arch,
+                        viommu=config.kind,
+                        options_label=config.label,
+                        viommu_options=dict(config.options),
+                        qemu_label=qlabel,
+                        qemu=_qemu_binary(qentry, arch, f"matrix.qemu.{qlabel}"),
+                        kernel_label=klabel,
+                        kernel=kernel,
+                        accel=accel,
+                        params={"suite": suite, "tests": list(tests), "mock": index == 0},
+                        timeout=timeout,
+                    )
+                )
+    return variants
 
 
 def load_matrix(path: Path, registry: Mapping[str, Any] | None = None) -> Matrix:

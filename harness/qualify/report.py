@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.qualify import selftests
 from harness.qualify.compare import Comparison, compare, differences_text
 from harness.qualify.matrix import Variant
 
@@ -93,6 +94,8 @@ class Row:
     error: bool = False  # an exception, no verdict (avocado ERROR / a fleet cell's error)
     #: the verdict's rows: [name, ok, short repr of what was observed]
     check_results: list[list[Any]] = field(default_factory=list)
+    #: a kernel-selftest variant: per binary, counts and the results that did not pass
+    kselftest: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _rel(path: Any, logdir: Path) -> str | None:
@@ -168,6 +171,7 @@ def collect(logdir: Path, variants: Sequence[Variant]) -> list[Row]:
                 host=str(info.get("host") or ""),
                 error=bool(test) and (error or avocado_status == "ERROR"),
                 check_results=_check_results(info),
+                kselftest=list(info.get("kselftest") or []),
             )
         )
     return rows
@@ -226,6 +230,8 @@ def text_table(rows: Sequence[Row], capabilities: dict[str, Any] | None = None) 
     comparison = qemu_comparison(rows, capabilities)
     if comparison is not None:
         lines += ["", differences_text(comparison)]
+    if cells := [r for r in rows if r.kselftest]:
+        lines += ["", selftests.text_table(cells)]
     return "\n".join(lines)
 
 
@@ -303,6 +309,7 @@ def render_html(
     counts = totals(rows)
     head = ", ".join(f"{n} {k}" for k, n in counts.items())
     fleet = any(r.host for r in rows)
+    cells = [r for r in rows if r.kselftest]
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     out = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -313,7 +320,8 @@ def render_html(
         f"{_link('results.html', 'results.html')}, {_link('results.xml', 'xUnit')}, "
         f"{_link('results.json', 'JSON')}.</p>",
         *(_comparison_html(comparison) if comparison is not None else []),
-        "<h2>Variants</h2>" if comparison is not None else "",
+        *(selftests.html_table(cells) if cells else []),
+        "<h2>Variants</h2>" if comparison is not None or cells else "",
         "<table><tr><th>variant</th>" + ("<th>host</th>" if fleet else "") +
         "<th>status</th><th>vIOMMU options</th><th>QEMU</th>"
         "<th>kernel</th><th>seed</th><th>time</th><th>reason</th><th>links</th></tr>",

@@ -2,13 +2,17 @@
 
 CI runs a representative subset: ``iommufd`` (the IOMMUFD_TEST mock) on x86_64 and
 ``vfio_pci_driver_test`` (real DMA by the selftests' igb driver through the vIOMMU) on
-both arches.  Every result must pass or be listed in ``harness/kselftest/expected.toml``.
-The whole matrix (both suites x every vIOMMU configuration of both arches) runs under
+both arches, on arm64 as a ``harness qualify`` cell.  Every result must pass or be
+listed in ``harness/kselftest/expected.toml``.  The whole matrix (both suites x every
+vIOMMU configuration of both arches, ``tests/qualification/kselftest.yaml``) runs under
 ``tox -e nightly`` (the ``nightly`` marker: collected only with ``VIOMMU_NIGHTLY=1``).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,11 +31,11 @@ from harness.kselftest.runner import (
     BinaryRun,
     prepare_guest,
     run_binary,
-    run_config,
 )
 from harness.kselftest.tap import TapResult
 
 pytestmark = pytest.mark.tier2
+WHOLE_MATRIX = Path(__file__).resolve().parents[1] / "qualification" / "kselftest.yaml"
 
 ARCHES = [
     pytest.param("x86_64", marks=[pytest.mark.x86_64, pytest.mark.vtd]),
@@ -111,21 +115,60 @@ DRIVER_TESTS = tuple(
 )
 
 
-@pytest.mark.parametrize("arch", ARCHES)
+def _assert_driver_dma(names: list[str]) -> None:
+    """Real DMA by igb through the vIOMMU, in both kinds of container."""
+    assert any(".iommufd." in n and "memcpy" in n for n in names), names
+    assert any(".vfio_type1_iommu." in n for n in names), names
+
+
+@pytest.mark.x86_64
+@pytest.mark.vtd
 def test_vfio_pci_driver_test_drives_igb_dma_through_the_viommu(
-    boot_guest: Any, artifacts_dir: Path, record_property: Any, arch: str
+    boot_guest: Any, artifacts_dir: Path, record_property: Any
 ) -> None:
-    config = MATRIX[arch][0]
-    build = _build(arch)
+    config = MATRIX["x86_64"][0]
+    build = _build("x86_64")
     guest = _boot(boot_guest, config, vfio=True)
     run = _run(guest, build, config, "vfio_pci_driver_test", artifacts_dir, DRIVER_TESTS)
     record_property("counts", str(run.report.counts()))
     record_property("wall_s", str(run.wall_s))
-    # real DMA by igb through the vIOMMU, in both kinds of container
-    names = [r.name for r in run.report.results if r.outcome == "pass"]
-    assert any(".iommufd." in n and "memcpy" in n for n in names), names
-    assert any(".vfio_type1_iommu." in n for n in names), names
+    _assert_driver_dma([r.name for r in run.report.results if r.outcome == "pass"])
     _assert_all_ok(run, at_least=len(DRIVER_TESTS))
+
+
+def _qualify(matrix: Path, results: Path, *only: str) -> tuple[int, str, dict[str, Any]]:
+    """``harness qualify`` on ``matrix``: exit status, output and ``qualification.json``."""
+    argv = [sys.executable, "-m", "harness", "qualify", "--matrix", str(matrix),
+            "--results", str(results), *(a for o in only for a in ("--only", o))]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=7200)
+    (report,) = results.glob("job-*/qualification.json")
+    return done.returncode, done.stdout + done.stderr, json.loads(report.read_text())
+
+
+@pytest.mark.arm64
+@pytest.mark.smmuv3
+def test_qualify_runs_a_selftest_cell_and_tables_it(artifacts_dir: Path, tmp_path: Path) -> None:
+    """The same share of ``vfio_pci_driver_test`` on arm64, as a qualification cell: the
+    report's selftest table gives its counts, the variant passes."""
+    _build("arm64")
+    matrix = tmp_path / "kselftest.yaml"
+    tests = ", ".join(f"'vfio_pci_driver_test:{t}'" for t in DRIVER_TESTS)
+    matrix.write_text(
+        "name: ci-kselftest\n"
+        f"kselftest: {{suite: vfio, arches: [arm64], configs: [smmuv3-nested], tests: [{tests}]}}\n"
+    )
+    status, output, report = _qualify(matrix, artifacts_dir / "qualify")
+    (row,) = report["variants"]
+    assert status == 0, output[-3000:]
+    assert row["id"] == "kselftest.arm64.smmuv3-nested" and row["status"] == "passed"
+    (summary,) = row["kselftest"]
+    assert summary["binary"] == "vfio_pci_driver_test"
+    assert summary["counts"]["pass"] == len(DRIVER_TESTS), summary
+    assert summary["counts"]["unexpected"] == 0 and not summary["lost"]
+    line = next(x for x in output.splitlines() if x.startswith("vfio_pci_driver_test "))
+    assert line.split()[1] == f"{len(DRIVER_TESTS)}/0/0", line
+    names = [name for name, ok, _ in row["check_results"] if ok]
+    _assert_driver_dma(names)
 
 
 @pytest.mark.x86_64
@@ -173,28 +216,21 @@ def test_a_guest_that_wedges_mid_binary_keeps_the_finished_tests(
 @pytest.mark.nightly
 @pytest.mark.parametrize("arch", ARCHES)
 def test_whole_matrix(artifacts_dir: Path, record_property: Any, arch: str) -> None:
-    """Both suites in every vIOMMU configuration of ``arch`` (nightly)."""
-    build = _build(arch)
-    entries = expected_results.load()
+    """Both suites in every vIOMMU configuration of ``arch`` (nightly), through
+    ``harness qualify`` and ``tests/qualification/kselftest.yaml``."""
+    _build(arch)
+    status, output, report = _qualify(WHOLE_MATRIX, artifacts_dir / "qualify", f".{arch}.")
     problems = []
-    for index, config in enumerate(MATRIX[arch]):
-        selection = select("all" if index == 0 else "vfio", [])
-        outcome = run_config(
-            config,
-            build,
-            selection,
-            entries,
-            artifacts_dir,
-            lambda *_: None,
-            log=lambda _text: None,
-        )
-        if outcome.error:
-            problems.append(f"{config.where}: {outcome.error}")
-        for run in outcome.runs:
-            record_property(f"{config.where}/{run.binary}", str(run.counts()))
+    for row in report["variants"]:
+        for summary in row["kselftest"]:
+            record_property(f"{row['id']}/{summary['binary']}", str(summary["counts"]))
             problems += [
-                f"{config.where} {run.binary} {r.name}: {r.outcome} {j.reason}"
-                for r, j in zip(run.report.results, run.judgements, strict=True)
-                if not j.ok
+                f"{row['id']} {test}: {outcome} {reason}"
+                for test, outcome, judgement, reason in summary["not_passed"]
+                if judgement not in ("pass", "expected")
             ]
+        if row["status"] != "passed":
+            problems.append(f"{row['id']}: {row['status']} {row['reason']}")
+    assert len(report["variants"]) == len(MATRIX[arch])
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:40])
+    assert status == 0, output[-3000:]
