@@ -35,13 +35,15 @@ from harness.firmware.override import (
 from harness.guest import Guest
 from harness.qemu.description import Machine, SmmuV3
 from harness.qemu.trace import TraceRecord, TraceWindow, set_trace_events
-from harness.rings import ExpectedFault, check_veventq
+from harness.rings import ExpectedFault, VEventQChecker, check_veventq, parse_veventq
 from harness.rings.verdict import RingVerdict
 from harness.scenarios.base import EFFECT, Check, GuestSpec, Prepared, Verdict, scenario
 from harness.scenarios.hw_queues import (
     SmmuQueueReader,
     cmdq_invalidation_rows,
     context_from_hardware,
+    evtq_veventq_rows,
+    evtq_window_verdict,
     reader_enabled,
     smmu_queue_reader,
 )
@@ -49,6 +51,7 @@ from harness.scenarios.runner import prepare_hook
 from harness.smmuv3 import (
     VsmmuContext,
     check_vsmmu_invalidation_array,
+    decode_event,
     decode_id_regs,
     make_command,
     parse_dmesg_events,
@@ -210,9 +213,6 @@ def _rows(result: Any) -> list[dict[str, Any]]:
 
 def event_summary(data: bytes, limit: int = 12) -> list[str]:
     """vEVENTQ records as ``seq NAME sid=.. addr=..`` lines (LOST for a lost-events header)."""
-    from harness.rings import parse_veventq
-    from harness.smmuv3 import decode_event
-
     lines = []
     try:
         records = parse_veventq(data)
@@ -792,8 +792,6 @@ def _overflow(
     guest: Guest, verdict: Verdict, session: Mapping[str, Any], depth: int, count: int
 ) -> None:
     """``count`` faults into a vEVENTQ of ``depth``: LOST_EVENTS, then delivery goes on."""
-    from harness.rings import VEventQChecker, parse_veventq
-
     guest.call(
         "smmuv3.open_session",
         cdev=session["cdev"],
@@ -852,23 +850,12 @@ def _expected(expect: Mapping[str, Any]) -> ExpectedFault:
     )
 
 
-@scenario(
-    "smmuv3-fault-rings",
-    tier=2,
-    arches=("arm64",),
-    guest=_spec,
-    viommu="smmuv3",
-    defaults={"overflow_depth": 2, "overflow_faults": 5},
-)
-def smmuv3_fault_rings(guest: Guest, params: Mapping[str, Any]) -> Verdict:
-    """Stage-1 faults in the vEVENTQ (vSID, IOVA, reason, order), overflow, stage 2 in dmesg."""
-    verdict = Verdict("smmuv3-fault-rings")
-    session = _open_session(guest, verdict)
-    if session is None:
-        return verdict
-    sid = int(session["sid"])
+def _stage1_faults(guest: Guest, verdict: Verdict, sid: int, hw: SmmuQueueReader | None) -> None:
+    """Translation, permission and bad-CD faults: in the vEVENTQ with the vSID, once each,
+    in order; with ``hw``, also in the EVTQ with the physical SID, record for record."""
     before = bytes(guest.call("smmuv3.read_events", settle=0.5))
     verdict.add(Check.effect("vEVENTQ before any fault: no records", [], event_summary(before)))
+    hw_before = hw.snapshot() if hw is not None else None
     expected: list[ExpectedFault] = []
     for kind in ("translation", "permission", "bad-cd"):
         result = guest.call("smmuv3.fault_case", kind=kind, label=f"fault-{kind}")
@@ -890,8 +877,24 @@ def smmuv3_fault_rings(guest: Guest, params: Mapping[str, Any]) -> Verdict:
                 "matched" if hit else "missing",
             )
         )
+    if hw is None or hw_before is None:
+        return
+    after = hw.snapshot()
+    physical = [replace(e, sid=sid) for e in expected]
+    evtq = evtq_window_verdict(hw_before, after, physical)
+    verdict.facts["evtq"] = evtq.summary()
+    _ring_checks(verdict, f"EVTQ (hardware, physical SID {sid:#x})", evtq)
+    verdict.add(Check.effect("EVTQ records (hardware)", len(expected), evtq.records_seen))
+    window = [record for _, record in after.evtq.produced_since(hw_before.evtq)]
+    for row in evtq_veventq_rows("stage-1 faults", window, parse_veventq(data), {sid: VSID}):
+        verdict.add(row)
 
+
+def _stage2_fault(guest: Guest, verdict: Verdict, sid: int, hw: SmmuQueueReader | None) -> None:
+    """A stage-2 fault: reported in the guest's dmesg (physical SID, S2, IPA), never in the
+    vEVENTQ; with ``hw``, in the EVTQ with the same SID and IPA as dmesg shows."""
     mark = guest.call("system.dmesg_mark")
+    hw_before = hw.snapshot() if hw is not None else None
     result = guest.call("smmuv3.fault_case", kind="stage2", label="fault-stage2")
     stage2 = bytes(guest.call("smmuv3.read_events", settle=1.5))
     verdict.add(
@@ -925,6 +928,43 @@ def smmuv3_fault_rings(guest: Guest, params: Mapping[str, Any]) -> Verdict:
         verdict.add(
             Check.effect("stage-2 fault: IPA reported", expect.get("ipa"), found[0].event.ipa)
         )
+    if hw is None or hw_before is None:
+        return
+    after = hw.snapshot()
+    window = [record for _, record in after.evtq.produced_since(hw_before.evtq)]
+    seen = [decode_event(record, strict=False) for record in window]
+    verdict.add(
+        Check.effect(
+            f"stage-2 fault in the EVTQ (hardware): physical SID {sid:#x}, S2, IOVA, IPA",
+            [[hex(sid), True, hex(expect.get("address") or 0), hex(expect.get("ipa") or 0)]],
+            [[hex(e.sid), bool(e.stage2), hex(e.address or 0), hex(e.ipa or 0)] for e in seen],
+            "the EVTQ holds what the guest kernel then printed; dmesg is the guest's copy",
+        )
+    )
+
+
+@scenario(
+    "smmuv3-fault-rings",
+    tier=2,
+    arches=("arm64",),
+    guest=_spec,
+    viommu="smmuv3",
+    defaults={"overflow_depth": 2, "overflow_faults": 5},
+)
+def smmuv3_fault_rings(guest: Guest, params: Mapping[str, Any]) -> Verdict:
+    """Stage-1 faults in the vEVENTQ (vSID, IOVA, reason, order), overflow, stage 2 in dmesg;
+    with the queue reader on (the default), each fault in the SMMU's own EVTQ too."""
+    verdict = Verdict("smmuv3-fault-rings")
+    session = _open_session(guest, verdict)
+    if session is None:
+        return verdict
+    assert guest.vm.qmp is not None
+    with contextlib.ExitStack() as stack:  # the EVTQ read from the hardware (hw_queues)
+        reader = smmu_queue_reader(guest.vm.qmp) if reader_enabled(params) else None
+        hw = stack.enter_context(reader) if reader is not None else None
+        verdict.facts["hw_queue_reader"] = hw is not None
+        _stage1_faults(guest, verdict, int(session["sid"]), hw)
+        _stage2_fault(guest, verdict, int(session["sid"]), hw)
     _overflow(
         guest, verdict, session, int(params["overflow_depth"]), int(params["overflow_faults"])
     )
