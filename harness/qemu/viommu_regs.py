@@ -33,8 +33,10 @@ from typing import Any, Protocol
 from harness.errors import DecodeError, HarnessError
 from harness.smmuv3.cmdq import LAYOUTS, decode_command
 from harness.smmuv3.events import decode_event
+from harness.vtd.context import ContextEntry, RootEntry, ScalableContextEntry, ScalableRootEntry
 from harness.vtd.faults import FaultRecord
 from harness.vtd.invalidation import decode_invalidation
+from harness.vtd.pasid import PasidDirEntry, PasidEntry, pasid_index
 from harness.vtd.registers import Cap
 
 SMMU_REGION_NAMES = ("arm-smmuv3", "smmuv3")
@@ -78,6 +80,8 @@ VTD_PQH = 0xC0
 VTD_PQT = 0xC8
 VTD_PQA = 0xD0
 VTD_PRS = 0xDC
+VTD_RTADDR = 0x20
+VTD_RTADDR_TTM_SHIFT = 10  # RTADDR.TTM (bits 11:10): 00 legacy, 01 scalable mode
 VTD_GSTS_QIES = 1 << 26
 VTD_IQA_DW = 1 << 11
 VTD_IQA_QS_MASK = 0x7
@@ -522,6 +526,55 @@ def read_vtd(reader: Reader, window: MmioWindow, *, pause: bool = True) -> VtdSn
             notes.append("no page request queue (PQA unset)")
     return VtdSnapshot(window, cap, ecap, gsts, fsts, iqa, iqh, iqt, pqa, pqh, pqt, prs,
                        queue, frcd, prq, was_paused, tuple(notes))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VtdDeviceEntry:
+    """Where a VT-d unit translates one requester: its domain id and how it got there."""
+
+    sid: int
+    scalable: bool
+    did: int
+    pgtt: int | None = None
+    """Scalable mode: the PASID entry's PGTT (1 first stage, 2 second, 3 nested, 4 PT)."""
+
+
+def read_vtd_device(reader: Reader, window: MmioWindow, sid: int, pasid: int = 0) -> VtdDeviceEntry:
+    """Walk the unit's root table (RTADDR) to ``sid``'s context entry and, in scalable mode,
+    its PASID entry for ``pasid`` (the kernel's IOMMU_NO_PASID is 0): the domain id the
+    hardware tags that requester's translations and invalidations with.
+
+    ViommuRegsError when an entry on the way is not present (nothing attached).
+    """
+    rtaddr = reader.u64(window.base + VTD_RTADDR)
+    table = rtaddr & ~0xFFF
+    bus, devfn = sid >> 8, sid & 0xFF
+    where = f"SID {sid:#06x}"
+    if (rtaddr >> VTD_RTADDR_TTM_SHIFT) & 3 == 0:
+        root = RootEntry.decode(reader.memory(table + bus * 16, 16))
+        if not root.present:
+            raise ViommuRegsError(f"{where}: root entry of bus {bus} not present")
+        context = ContextEntry.decode(reader.memory(root.context_table + devfn * 16, 16))
+        if not context.present:
+            raise ViommuRegsError(f"{where}: context entry not present")
+        return VtdDeviceEntry(sid, False, context.did)
+    sm_root = ScalableRootEntry.decode(reader.memory(table + bus * 16, 16))
+    upper = devfn >= 128
+    present = sm_root.upper_present if upper else sm_root.lower_present
+    pointer = sm_root.upper_context_table if upper else sm_root.lower_context_table
+    if not present:
+        raise ViommuRegsError(f"{where}: scalable root entry of bus {bus} not present")
+    sm_context = ScalableContextEntry.decode(reader.memory(pointer + (devfn % 128) * 32, 32))
+    if not sm_context.present:
+        raise ViommuRegsError(f"{where}: scalable context entry not present")
+    dir_index, table_index = pasid_index(pasid)
+    directory = PasidDirEntry.decode(reader.memory(sm_context.pasid_dir + dir_index * 8, 8))
+    if not directory.present:
+        raise ViommuRegsError(f"{where}: PASID directory entry for PASID {pasid} not present")
+    entry = PasidEntry.decode(reader.memory(directory.table + table_index * 64, 64))
+    if not entry.present:
+        raise ViommuRegsError(f"{where}: PASID entry {pasid} not present")
+    return VtdDeviceEntry(sid, True, entry.did, entry.pgtt)
 
 
 # -- decoding into one-line records ------------------------------------------------------------

@@ -12,6 +12,11 @@ host; these functions turn two snapshots around one guest action into effect row
 - ``evtq_window_verdict``: the records the SMMU produced between two snapshots, judged by
   ``harness.rings.check_smmu_evtq`` as if not yet consumed (the guest kernel drains the
   EVTQ at once, but the records stay in the ring's memory until the next lap).
+
+VT-d (``VtdUnitReader``): ``unmap_invalidation_rows`` judges what the guest kernel queued in
+the invalidation queue for one IOMMU_IOAS_UNMAP against the descriptor the unit's own
+tables predict (the domain id of the device's context / PASID entry); ``frcd_rows`` finds
+a provoked fault in the fault-recording registers.
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ from harness.qemu.viommu_regs import (
     SmmuQueue,
     SmmuSnapshot,
     ViommuRegsError,
+    VtdDeviceEntry,
+    VtdSnapshot,
     find_viommus,
     read_smmu,
     read_ste,
+    read_vtd,
+    read_vtd_device,
     ste_s2vmid,
 )
 from harness.rings import ExpectedFault, check_smmu_evtq
@@ -44,6 +53,16 @@ from harness.scenarios.base import EFFECT, Check
 from harness.smmuv3 import Command, VsmmuContext, check_vsmmu_invalidation_array, make_command
 from harness.smmuv3.cmdq import decode_command
 from harness.smmuv3.events import decode_event
+from harness.vtd.faults import FaultRecord
+from harness.vtd.invalidation import (
+    DescriptorType,
+    IotlbGranularity,
+    IotlbInvalidation,
+    PasidIotlbGranularity,
+    PasidIotlbInvalidation,
+    decode_invalidation,
+)
+from harness.vtd.pasid import Pgtt
 
 #: fields of a command that say what it invalidates (CMD_SYNC's are how it signals completion)
 _SHOWN_FIELDS = ("sid", "ssid", "ssv", "vmid", "asid", "address", "leaf", "num", "scale", "tg",
@@ -99,15 +118,52 @@ class SmmuQueueReader:
         return read_ste(Reader(self.mon, self.scratch), snapshot, sid)
 
 
+@dataclass
+class VtdUnitReader:
+    """Snapshots of one machine's VT-d unit, with a private scratch dir for ``pmemsave``."""
+
+    mon: Monitor
+    scratch: Path
+    pause: bool = True
+
+    def _window(self) -> Any:
+        windows = [w for w in find_viommus(self.mon) if w.kind == "vtd"]
+        if not windows:
+            raise ViommuRegsError("no VT-d unit in the machine's memory map")
+        return windows[0]
+
+    def snapshot(self) -> VtdSnapshot:
+        """Registers, invalidation queue and fault-recording registers now."""
+        return read_vtd(Reader(self.mon, self.scratch), self._window(), pause=self.pause)
+
+    def device(self, sid: int, pasid: int = 0) -> VtdDeviceEntry:
+        """The domain id (and PGTT) the unit's tables give ``sid`` now."""
+        return read_vtd_device(Reader(self.mon, self.scratch), self._window(), sid, pasid)
+
+
 @contextlib.contextmanager
-def smmu_queue_reader(mon: Monitor, pause: bool = True) -> Iterator[SmmuQueueReader]:
-    """A reader whose scratch dir (0700, for QEMU's dump files) is removed afterwards."""
+def _scratch_dir() -> Iterator[Path]:
+    """A private (0700) directory for QEMU's dump files, removed afterwards."""
     base = os.environ.get("XDG_RUNTIME_DIR") or None
     scratch = Path(tempfile.mkdtemp(prefix="viommu-rings-", dir=base))
     try:
-        yield SmmuQueueReader(mon, scratch, pause=pause)
+        yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def smmu_queue_reader(mon: Monitor, pause: bool = True) -> Iterator[SmmuQueueReader]:
+    """An SMMUv3 reader whose scratch dir is removed afterwards."""
+    with _scratch_dir() as scratch:
+        yield SmmuQueueReader(mon, scratch, pause=pause)
+
+
+@contextlib.contextmanager
+def vtd_unit_reader(mon: Monitor, pause: bool = True) -> Iterator[VtdUnitReader]:
+    """A VT-d reader whose scratch dir is removed afterwards."""
+    with _scratch_dir() as scratch:
+        yield VtdUnitReader(mon, scratch, pause=pause)
 
 
 def predicted_cmdq(user_commands: Sequence[Mapping[str, Any]], ctx: VsmmuContext) -> list[str]:
@@ -259,3 +315,117 @@ def evtq_veventq_rows(
         )
     )
     return rows
+
+
+#: descriptor types that invalidate translations (what an unmap must queue)
+_TRANSLATION_INVALIDATIONS = (
+    DescriptorType.IOTLB,
+    DescriptorType.PASID_IOTLB,
+    DescriptorType.DEVICE_TLB,
+    DescriptorType.PASID_DEVICE_TLB,
+)
+
+
+def invalidation_text(data: bytes) -> str:
+    """``IotlbInvalidation g=3 did=0x2 addr=0x7654000 am=0``; other descriptors by name."""
+    try:
+        desc = decode_invalidation(data)
+    except DecodeError as error:
+        return f"undecodable {data.hex()} ({error})"
+    if isinstance(desc, IotlbInvalidation):
+        where = f"did={desc.did:#x} addr={desc.address:#x} am={desc.am}"
+        return f"IotlbInvalidation g={desc.granularity} {where}"
+    if isinstance(desc, PasidIotlbInvalidation):
+        where = f"did={desc.did:#x} pasid={desc.pasid} addr={desc.address:#x} am={desc.am}"
+        return f"PasidIotlbInvalidation g={desc.granularity} {where}"
+    return type(desc).__name__
+
+
+def predicted_unmap_invalidation(entry: VtdDeviceEntry, iova: int, size_order: int) -> str:
+    """The page-selective invalidation the 7.3 kernel queues for an unmap of 4 KiB << order:
+    PASID-based (P_IOTLB, PASID 0) for a first-stage domain, else IOTLB, with the domain id
+    the device's context / PASID entry holds (``cache_tag_flush_range``)."""
+    if entry.scalable and entry.pgtt == Pgtt.FIRST_STAGE:
+        desc: IotlbInvalidation | PasidIotlbInvalidation = PasidIotlbInvalidation(
+            granularity=PasidIotlbGranularity.PAGE, did=entry.did, pasid=0, am=size_order,
+            address=iova,
+        )  # fmt: skip
+    else:
+        desc = IotlbInvalidation(
+            granularity=IotlbGranularity.PAGE, did=entry.did, am=size_order, address=iova
+        )
+    return invalidation_text(desc.encode())
+
+
+def _descriptor_type(data: bytes) -> int | None:
+    try:
+        return int(decode_invalidation(data).TYPE)
+    except DecodeError:
+        return None
+
+
+def unmap_invalidation_rows(
+    label: str,
+    entry: VtdDeviceEntry,
+    iova: int,
+    size_order: int,
+    before: VtdSnapshot,
+    after: VtdSnapshot,
+) -> list[Check]:
+    """Effect rows: the IQ between two snapshots holds exactly the unmap's invalidation
+    (domain id from the unit's own tables), a wait descriptor after it, and was consumed."""
+    try:
+        window = [data for _, data in after.produced_since(before)]
+    except DecodeError as error:
+        return [Check(f"{label}: IQ window", "one lap at most", str(error), False, kind=EFFECT)]
+    kinds = [_descriptor_type(data) for data in window]
+    flushes = [i for i, k in enumerate(kinds) if k is None or k in _TRANSLATION_INVALIDATIONS]
+    waits = [i for i, k in enumerate(kinds) if k == DescriptorType.WAIT]
+    return [
+        Check.effect(
+            f"{label}: IQ holds the page's invalidation, domain id from the device's entry",
+            [predicted_unmap_invalidation(entry, iova, size_order)],
+            [invalidation_text(window[i]) for i in flushes],
+            "hardware view: the emulated VT-d unit's invalidation queue, read over QMP",
+        ),
+        Check.effect(
+            f"{label}: an invalidation-wait descriptor follows it",
+            True,
+            bool(flushes and waits) and waits[-1] > flushes[-1],
+            f"window: {[invalidation_text(d).split()[0] for d in window]}",
+        ),
+        Check.effect(
+            f"{label}: the unit consumed the IQ (IQH == IQT, FSTS.IQE clear)",
+            [hex(after.iqt), 0],
+            [hex(after.iqh), after.fsts >> 4 & 1],
+        ),
+    ]
+
+
+#: FRCD high quadword: PP (bit 95 of the record) and the PASID value (bits 123:104)
+FRCD_PP = 1 << 31
+FRCD_PV = ((1 << 20) - 1) << 40
+
+
+def frcd_for(snapshot: VtdSnapshot, address: int) -> tuple[FaultRecord, bool] | None:
+    """The fault-recording register holding a fault at ``address``'s page, and whether its
+    F bit is still set (the guest's ``dmar_fault`` clears F; the fields stay).
+
+    QEMU fills the PASID value with ones when it records no PASID (PP clear); the spec
+    leaves PV undefined then, so it is ignored.
+    """
+    page = address & ~0xFFF
+    for index in range(len(snapshot.frcd) // 16):
+        data = snapshot.frcd[index * 16 : index * 16 + 16]
+        high = int.from_bytes(data[8:], "little")
+        fault_bit = bool(high >> 63)
+        if not high & FRCD_PP:
+            high &= ~FRCD_PV
+        high |= 1 << 63
+        try:
+            record = FaultRecord.decode(data[:8] + high.to_bytes(8, "little"))
+        except DecodeError:
+            continue
+        if record.address & ~0xFFF == page and (record.sid or record.reason):
+            return record, fault_bit
+    return None

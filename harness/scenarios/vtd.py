@@ -42,6 +42,14 @@ from harness.qemu.qmp import QmpError, QmpSession
 from harness.qemu.trace import TraceRecord, TraceWindow, set_trace_events
 from harness.rings import ExpectedFault, RingVerdict, VtdFaultRecorder, check_fault_recording
 from harness.scenarios.base import EFFECT, Check, GuestSpec, Verdict, scenario
+from harness.scenarios.hw_queues import (
+    FRCD_PP,
+    FRCD_PV,
+    frcd_for,
+    reader_enabled,
+    unmap_invalidation_rows,
+    vtd_unit_reader,
+)
 from harness.vtd import Cap, DmarFault, Ecap, FaultRecord, dmar_faults, predict_registers
 from harness.vtd.predict import KNOWN_OPTIONS, IntelIommuConfig, resolve_config
 
@@ -448,10 +456,6 @@ class TraceRecordWrite:
     raw_pv: int = 0
 
 
-_FRCD_PP = 1 << 31
-_FRCD_PV = ((1 << 20) - 1) << 40
-
-
 def trace_faults(records: Iterable[TraceRecord]) -> list[TraceFault]:
     """Decode the ``vtd_dmar_fault`` records."""
     out = []
@@ -477,8 +481,8 @@ def trace_record_writes(records: Iterable[TraceRecord]) -> list[TraceRecordWrite
         m = _FRR_TRACE.search(rec.message) if rec.name == "vtd_frr_new" else None
         if m:
             lo, hi = int(m["lo"], 16), int(m["hi"], 16)
-            raw_pv = 0 if hi & _FRCD_PP else (hi & _FRCD_PV) >> 40
-            record = FaultRecord.from_words([lo, hi & ~_FRCD_PV if raw_pv else hi])
+            raw_pv = 0 if hi & FRCD_PP else (hi & FRCD_PV) >> 40
+            record = FaultRecord.from_words([lo, hi & ~FRCD_PV if raw_pv else hi])
             out.append(TraceRecordWrite(int(m["index"]), record, raw_pv))
     return out
 
@@ -650,7 +654,71 @@ def vtd_dma_faults(guest: Guest, params: Mapping[str, Any]) -> Verdict:
         evidence=evidence,
         nfr=cap.num_fault_records,
     )
+    verdict.facts["hw_queue_reader"] = reader_enabled(params)
+    if reader_enabled(params):
+        _unit_rows(guest, verdict, edu, mask, good_iova, expected_reason(config, True))
     return verdict
+
+
+#: the page the hardware rows unmap and fault on (below edu's default 28-bit DMA mask)
+HW_IOVA = 0x7654000
+
+
+def _unit_rows(
+    guest: Guest, verdict: Verdict, edu: EduBinding, mask: int, good_iova: int, reason: int
+) -> None:
+    """The same unmap and fault, judged on the VT-d unit's own state read over QMP: the
+    invalidation the kernel queued for the unmap (domain id from the device's context or
+    PASID entry), and the fault in the fault-recording registers (absent before it)."""
+    with vtd_unit_reader(qmp(guest)) as unit:
+        opened = guest.call(
+            "vtd.unmap_open", cdev=edu.cdev, dma_mask=mask, good_iova=good_iova, iova=HW_IOVA
+        )
+        try:
+            verdict.add(
+                Check.equal(
+                    "unit: DMA through the page while mapped", True, opened["dma_while_mapped"]
+                )
+            )
+            entry = unit.device(edu.sid)
+            verdict.facts["vtd_device_entry"] = dataclasses.asdict(entry)
+            before = unit.snapshot()
+            guest.call("vtd.unmap_apply")
+            after = unit.snapshot()
+            for row in unmap_invalidation_rows("unit: unmap", entry, HW_IOVA, 0, before, after):
+                verdict.add(row)
+            verdict.add(
+                Check.effect("unit: FRCD before the fault: no record of the page", None,
+                             _frcd_text(frcd_for(after, HW_IOVA)))
+            )  # fmt: skip
+            fault = guest.call("vtd.unmap_fault", direction="write")
+            post = unit.snapshot()
+        finally:
+            guest.call("vtd.unmap_close")
+    verdict.add(Check.effect("unit: RAM behind the unmapped page untouched", True,
+                             fault["ram_untouched"]))  # fmt: skip
+    found = frcd_for(post, HW_IOVA)
+    verdict.add(
+        Check.effect(
+            "unit: FRCD after the fault (sid, addr, write, reason)",
+            (hex(edu.sid), hex(HW_IOVA), True, hex(reason)),
+            _frcd_text(found),
+            "read from the fault-recording registers; the guest's dmar_fault clears F and "
+            "leaves the fields",
+        )
+    )
+    verdict.facts["unit_frcd"] = {
+        "fault_bit_still_set": found[1] if found else None,
+        "fsts": hex(post.fsts),
+        "registers": [post.frcd[i : i + 16].hex() for i in range(0, len(post.frcd), 16)],
+    }
+
+
+def _frcd_text(found: tuple[FaultRecord, bool] | None) -> tuple[str, str, bool, str] | None:
+    if found is None:
+        return None
+    record, _ = found
+    return (hex(record.sid), hex(record.address), record.is_write, hex(record.reason))
 
 
 # --- vtd-nesting ------------------------------------------------------------------------

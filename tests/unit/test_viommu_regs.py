@@ -32,14 +32,17 @@ from harness.qemu.viommu_regs import (
     VTD_IQA,
     VTD_IQH,
     VTD_IQT,
+    VTD_RTADDR,
     Reader,
     ViommuRegsError,
+    VtdDeviceEntry,
     find_viommus,
     parse_mtree,
     parse_xp,
     read_smmu,
     read_ste,
     read_vtd,
+    read_vtd_device,
     ste_s2vmid,
 )
 from harness.rings import ExpectedFault
@@ -50,11 +53,15 @@ from harness.scenarios.hw_queues import (
     context_from_hardware,
     evtq_veventq_rows,
     evtq_window_verdict,
+    frcd_for,
     predicted_cmdq,
+    unmap_invalidation_rows,
 )
 from harness.smmuv3 import VsmmuContext, encode_event, make_command
+from harness.vtd.context import ContextEntry, RootEntry, ScalableContextEntry, ScalableRootEntry
 from harness.vtd.faults import FaultRecord
-from harness.vtd.invalidation import IotlbInvalidation
+from harness.vtd.invalidation import InvalidationWait, IotlbInvalidation, PasidIotlbInvalidation
+from harness.vtd.pasid import PasidDirEntry, PasidEntry
 from harness.vtd.registers import Cap
 
 pytestmark = pytest.mark.tier0
@@ -388,6 +395,102 @@ def test_vtd_produced_since(tmp_path: Path) -> None:
     qemu.regs[VTD + VTD_IQT] = (4 * 32, 8)
     after = read_vtd(Reader(qemu, tmp_path), window)
     assert after.produced_since(before) == [(3, desc)]
+
+
+def _legacy_tables(qemu: FakeQemu, sid: int, did: int) -> None:
+    """RTADDR -> root entry of SID's bus -> context entry with ``did`` (legacy mode)."""
+    root, context = RAM + 0x10000, RAM + 0x11000
+    qemu.regs[VTD + VTD_RTADDR] = (root, 8)
+    qemu.poke(root + (sid >> 8) * 16, RootEntry(present=True, context_table=context).encode())
+    qemu.poke(context + (sid & 0xFF) * 16, ContextEntry(present=True, aw=2, did=did).encode())
+
+
+def _scalable_tables(qemu: FakeQemu, sid: int, did: int) -> None:
+    """RTADDR (TTM=01) -> scalable root -> context -> PASID dir -> PASID 0's entry."""
+    root, context, directory, table = (RAM + 0x10000 + i * 0x1000 for i in range(4))
+    qemu.regs[VTD + VTD_RTADDR] = (root | 1 << 10, 8)
+    qemu.poke(
+        root + (sid >> 8) * 16,
+        ScalableRootEntry(lower_present=True, lower_context_table=context).encode(),
+    )
+    qemu.poke(
+        context + (sid & 0xFF) * 32,
+        ScalableContextEntry(present=True, pasid_dir=directory).encode(),
+    )
+    qemu.poke(directory, PasidDirEntry(present=True, table=table).encode())
+    qemu.poke(table, PasidEntry(present=True, pgtt=1, aw=2, did=did).encode())  # fmt: skip
+
+
+@pytest.mark.parametrize("tables", [_legacy_tables, _scalable_tables])
+def test_device_entry_walk(tables: Any, tmp_path: Path) -> None:
+    qemu = vtd_machine()
+    (window,) = find_viommus(qemu)
+    tables(qemu, 0x0108, did=0x2A)  # bus 1: nothing on bus 0
+    with pytest.raises(ViommuRegsError, match="bus 0 not present"):
+        read_vtd_device(Reader(qemu, tmp_path), window, 0x0008)
+    tables(qemu, 0x0008, did=0x2A)
+    entry = read_vtd_device(Reader(qemu, tmp_path), window, 0x0008)
+    assert entry.did == 0x2A and entry.scalable is (tables is _scalable_tables)
+
+
+def _unmap_window(qemu: FakeQemu, descriptors: list[bytes], tmp_path: Path) -> tuple[Any, Any]:
+    (window,) = find_viommus(qemu)
+    before = read_vtd(Reader(qemu, tmp_path), window)
+    for i, desc in enumerate(descriptors):
+        qemu.poke(RAM + 0x2000 + (3 + i) * 32, desc)
+    tail = (3 + len(descriptors)) * 32
+    qemu.regs[VTD + VTD_IQT] = qemu.regs[VTD + VTD_IQH] = (tail, 8)
+    return before, read_vtd(Reader(qemu, tmp_path), window)
+
+
+FIRST_STAGE = VtdDeviceEntry(sid=8, scalable=True, did=3, pgtt=1)
+WAIT = InvalidationWait(status_write=True).encode(256)
+
+
+def test_unmap_rows_pass_for_the_kernel_s_descriptors(tmp_path: Path) -> None:
+    flush = PasidIotlbInvalidation(granularity=3, did=3, pasid=0, address=0x7654000).encode(256)
+    before, after = _unmap_window(vtd_machine(), [flush, WAIT], tmp_path)
+    rows = unmap_invalidation_rows("unmap", FIRST_STAGE, 0x7654000, 0, before, after)
+    assert all(r.ok for r in rows), rows
+
+
+@pytest.mark.parametrize(
+    "descriptors",
+    [
+        # the domain id of another domain
+        [
+            PasidIotlbInvalidation(granularity=3, did=4, pasid=0, address=0x7654000).encode(256),
+            WAIT,
+        ],
+        # a second-stage IOTLB flush for a first-stage domain
+        [IotlbInvalidation(granularity=3, did=3, address=0x7654000).encode(256), WAIT],
+        # no flush at all (the missing invalidation)
+        [WAIT],
+        # no wait after it
+        [PasidIotlbInvalidation(granularity=3, did=3, pasid=0, address=0x7654000).encode(256)],
+    ],
+    ids=["wrong-did", "wrong-type", "missing", "no-wait"],
+)
+def test_unmap_rows_trip(descriptors: list[bytes], tmp_path: Path) -> None:
+    before, after = _unmap_window(vtd_machine(), descriptors, tmp_path)
+    rows = unmap_invalidation_rows("unmap", FIRST_STAGE, 0x7654000, 0, before, after)
+    assert not all(r.ok for r in rows), rows
+
+
+def test_frcd_for_reads_a_serviced_record(tmp_path: Path) -> None:
+    """F cleared by the guest, PV all ones with PP clear (QEMU): still found, and only there."""
+    qemu = vtd_machine()
+    record = bytearray(FaultRecord(sid=8, address=0x7654000, reason=5).encode())
+    high = int.from_bytes(record[8:], "little") & ~(1 << 63) | (0xFFFFF << 40)
+    qemu.regs[VTD + 0x220 + 8] = (high, 8)
+    qemu.regs[VTD + 0x220] = (int.from_bytes(record[:8], "little"), 8)
+    (window,) = find_viommus(qemu)
+    snap = read_vtd(Reader(qemu, tmp_path), window)
+    found = frcd_for(snap, 0x7654123)
+    assert found is not None
+    got, fault_bit = found
+    assert (got.sid, got.reason, got.is_write, fault_bit) == (8, 5, True, False)
+    assert frcd_for(snap, 0x7655000) is None
 
 
 # -- the CLI's lines ----------------------------------------------------------------------------

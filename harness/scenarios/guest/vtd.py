@@ -357,6 +357,87 @@ def faults(
     return table.result(events=events)
 
 
+# --- unmap, step by step (the host reads the VT-d unit between the steps) ------------------
+
+
+class UnmapSession:
+    """edu attached to an IOAS with ``good_iova`` (2 pages) and ``iova`` (1 page) mapped."""
+
+    def __init__(self, cdev: str, dma_mask: int, good_iova: int, iova: int) -> None:
+        self.stack = ExitStack()
+        try:
+            ictx, device = self.stack.enter_context(bound_device(cdev))
+            self.edu = Edu(device, dma_mask=dma_mask)
+            self.ioas = ictx.ioas()
+            device.attach(self.ioas)
+            self.good = self.stack.enter_context(DmaBuffer(2 * PAGE))
+            self.victim = self.stack.enter_context(DmaBuffer(PAGE))
+            self.ioas.map(self.good.addr, 2 * PAGE, good_iova)
+            self.ioas.map(self.victim.addr, PAGE, iova)
+        except BaseException:
+            self.stack.close()
+            raise
+        self.good_iova, self.iova = good_iova, iova
+
+
+_UNMAP: UnmapSession | None = None
+
+
+def _unmap_session() -> UnmapSession:
+    if _UNMAP is None:
+        raise RuntimeError("no unmap session: call vtd.unmap_open first")
+    return _UNMAP
+
+
+@method
+def unmap_open(cdev: str, dma_mask: int, good_iova: int, iova: int) -> dict[str, Any]:
+    """Bind, attach and map; whether a DMA through ``iova`` works while it is mapped."""
+    global _UNMAP
+    unmap_close()
+    _UNMAP = session = UnmapSession(cdev, dma_mask, good_iova, iova)
+    trip = round_trip(session.edu, session.victim, iova, session.good, good_iova, 64, 7)
+    return {"dma_while_mapped": trip["equal"]}
+
+
+@method
+def unmap_apply() -> dict[str, Any]:
+    """IOMMU_IOAS_UNMAP of the session's one page: the kernel invalidates its IOTLB entry."""
+    session = _unmap_session()
+    return {"unmapped": session.ioas.unmap(session.iova, PAGE)}
+
+
+@method
+def unmap_fault(direction: str, settle: float = 0.5) -> dict[str, Any]:
+    """One DMA through the unmapped page; what RAM, edu and dmesg show."""
+    session = _unmap_session()
+    edu, good = session.edu, session.good
+    marker = _mark()
+    ram = pattern(PAGE, 41)
+    session.victim.write(0, ram)
+    good.write(0, pattern(64, 81))
+    edu.dma_to_device(session.good_iova, 64)
+    if direction == "write":
+        edu.dma_from_device(session.iova, 64)
+    else:
+        edu.dma_to_device(session.iova, 64)
+    return {
+        "edu_busy_after": edu.busy,
+        "ram_untouched": session.victim.read(0, PAGE) == ram,
+        "dmesg": _wait_faults(marker, 1, timeout=5.0, settle=settle),
+    }
+
+
+@method
+def unmap_close() -> dict[str, Any]:
+    """Unmap what is left, detach, close (in that order, by the session's ExitStack)."""
+    global _UNMAP
+    session, _UNMAP = _UNMAP, None
+    if session is None:
+        return {"closed": False}
+    session.stack.close()
+    return {"closed": True}
+
+
 # --- nesting ---------------------------------------------------------------------------
 
 
