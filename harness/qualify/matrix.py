@@ -276,12 +276,9 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
                           "qemu": qlabel, "kernel": klabel}  # fmt: skip
                 if _excluded(labels, excludes):
                     continue
-                vid = f"{name}.{arch}.{model}-{olabel}"
-                vid += f".qemu-{qlabel}" if len(qemus) > 1 else ""
-                vid += f".kernel-{klabel}" if len(kernels) > 1 else ""
                 variants.append(
                     Variant(
-                        id=vid,
+                        id=_variant_id(f"{name}.{arch}.{model}-{olabel}", labels, qemus, kernels),
                         scenario=name,
                         arch=arch,
                         viommu=model,
@@ -304,6 +301,14 @@ def expand(data: Any, registry: Mapping[str, Any]) -> Matrix:
     if not variants:
         raise ConfigError("matrix: expands to no variant (no scenario fits these vIOMMUs/arches)")
     return Matrix(str(top.get("name", "matrix")), str(top.get("description", "")), tuple(variants))
+
+
+def _variant_id(
+    base: str, labels: dict[str, str], qemus: Mapping[str, Any], kernels: Mapping[str, Any]
+) -> str:
+    """``base``, then the QEMU and kernel labels when the matrix has more than one of them."""
+    vid = base + (f".qemu-{labels['qemu']}" if len(qemus) > 1 else "")
+    return vid + (f".kernel-{labels['kernel']}" if len(kernels) > 1 else "")
 
 
 def _excluded(labels: dict[str, str], excludes: list[dict[str, Any]]) -> bool:
@@ -368,12 +373,9 @@ def _kselftest_variants(
                          "options": config.label, "qemu": qlabel, "kernel": klabel}  # fmt: skip
                 if _excluded(names, excludes):
                     continue
-                vid = f"{KSELFTEST}.{arch}.{config.label}"
-                vid += f".qemu-{qlabel}" if len(qemus) > 1 else ""
-                vid += f".kernel-{klabel}" if len(kernels) > 1 else ""
                 variants.append(
                     Variant(
-                        id=vid,
+                        id=_variant_id(f"{KSELFTEST}.{arch}.{config.label}", names, qemus, kernels),
                         scenario=KSELFTEST,
                         arch=arch,
                         viommu=config.kind,
