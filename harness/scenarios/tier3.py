@@ -400,7 +400,8 @@ def l2_smmuv3(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     topology = AccelSmmuTopology((bdf,))
     _check_tcg_refusal(verdict, guest, bdf, topology)
 
-    l1_traces = ("smmuv3_record_event", "smmuv3_cmdq_cfgi_ste", "smmuv3_cmdq_tlbi_*")
+    # QEMU 10 traces smmuv3_record_event, QEMU 11 smmuv3_propagate_event
+    l1_traces = ("smmuv3_*_event", "smmuv3_cmdq_cfgi_ste", "smmuv3_cmdq_tlbi_*")
     assert guest.vm.qmp is not None
     set_trace_events(guest.vm.qmp, l1_traces)
     artifacts = guest.artifacts / "l2"
@@ -446,7 +447,7 @@ def l2_smmuv3(guest: Guest, params: Mapping[str, Any]) -> Verdict:
         fault_window = TraceWindow(l2.vm.qemu_log)
         check_fault_smmuv3(verdict, l2, in_l2[1])
         _sync(l2.vm)
-        l1_events = l1_window.records("smmuv3_record_event")
+        l1_events = l1_window.records("smmuv3_*_event")
         verdict.add(
             Check(
                 "L1's SMMU recorded the fault (host QEMU trace)",
