@@ -118,17 +118,23 @@ class IntelIommu:
         "pt": "pt",
         "fs1gp": "fs1gp",
     }
-    #: the names QEMU 11 gave the same properties (QEMU 10.x: ``x-`` prefixed / ``x-flts``)
-    PROPERTIES_QEMU11 = {"scalable_mode": "scalable-mode", "flts": "fsts"}
+    #: the names QEMU 11 gave the same properties (QEMU 10.x: ``x-`` prefixed / ``x-flts``);
+    #: ``x-pasid-mode=on`` (20-bit PASIDs, ECAP.PSS 19) became ``pasid-bits=20``
+    PROPERTIES_QEMU11 = {"scalable_mode": "scalable-mode", "flts": "fsts",
+                         "pasid_mode": "pasid-bits"}  # fmt: skip
+    PASID_BITS = 20
 
     def properties(self) -> dict[str, Any]:
         """The QEMU properties this description sets, in a fixed order."""
         names = {**self.PROPERTIES, **(self.PROPERTIES_QEMU11 if self.qemu11_names else {})}
-        return {
+        found = {
             prop: getattr(self, name)
             for name, prop in names.items()
             if getattr(self, name) is not None
         }
+        if "pasid-bits" in found:
+            found["pasid-bits"] = self.PASID_BITS if found["pasid-bits"] else 0
+        return found
 
     def validate(self) -> None:
         _check_types(self, "intel-iommu.")
@@ -249,6 +255,28 @@ class Igb:
 
 
 @dataclass(frozen=True)
+class HotplugPort:
+    """An empty PCIe root port: a slot for ``device_add`` and ``device_del`` (hot-plug).
+
+    The guest sees hot-plug events through pciehp (virt) or ACPI PCI hot-plug (q35, which
+    QEMU uses for root ports by default); the guest kernels' config has both.
+    """
+
+    id: str = "hotport0"
+    chassis: int = 32
+
+    def qemu_devices(self) -> list[tuple[str, dict[str, Any]]]:
+        """The root port, nothing behind it."""
+        return [("pcie-root-port", {"id": self.id, "chassis": self.chassis})]
+
+    def validate(self) -> None:
+        _check_types(self, "hotplug-port.")
+        _check_id("hotplug-port", self.id)
+        if not 0 <= self.chassis <= 255:
+            raise ConfigError(f"hotplug-port.chassis={self.chassis}: expected 0..255")
+
+
+@dataclass(frozen=True)
 class VfioPci:
     """A host PCI device passed through with vfio-pci (tier 3)."""
 
@@ -287,7 +315,7 @@ class Pvpanic:
         _check_types(self, "pvpanic.")
 
 
-Device = Edu | Igb | VfioPci | UserNic | Pvpanic
+Device = Edu | Igb | HotplugPort | VfioPci | UserNic | Pvpanic
 Viommu = IntelIommu | SmmuV3
 
 

@@ -115,13 +115,20 @@ def _machine(options: Mapping[str, object]) -> tuple[bool, str]:
     return accel == "kvm", str(irqchip)
 
 
-#: QEMU 11's names for the same properties (same meaning)
-QEMU11_NAMES = {"scalable-mode": "x-scalable-mode", "fsts": "x-flts"}
+#: QEMU 11's names for the same properties (same meaning; ``pasid-bits`` N > 0 is
+#: ``x-pasid-mode=on``, which gives 20-bit PASIDs)
+QEMU11_NAMES = {"scalable-mode": "x-scalable-mode", "fsts": "x-flts", "pasid-bits": "x-pasid-mode"}
 
 
 def resolve_config(options: Mapping[str, object]) -> IntelIommuConfig:
     """Validate ``options`` as QEMU 10.0.2 does and resolve its ``auto`` choices."""
-    options = {QEMU11_NAMES.get(k, k): v for k, v in options.items()}
+    if "pasid-bits" in options and options["pasid-bits"] not in (0, 20):
+        raise ConfigError(
+            f"intel-iommu option 'pasid-bits': {options['pasid-bits']!r} (predicted: 0 or 20)"
+        )
+    options = {
+        QEMU11_NAMES.get(k, k): bool(v) if k == "pasid-bits" else v for k, v in options.items()
+    }
     unknown = sorted(set(options) - KNOWN_OPTIONS)
     if unknown:
         raise ConfigError(f"intel-iommu option '{unknown[0]}': not a QEMU 10.0.2 property")
