@@ -218,13 +218,18 @@ def test_adapt_uses_qemu11_names_when_the_qemu_has_them() -> None:
     assert back.viommu.properties() == {"x-scalable-mode": True, "x-flts": True}
 
 
-def test_adapt_refuses_what_neither_name_gives() -> None:
-    caps = _caps((11, 1, 3), {"scalable-mode", "fsts"})
+def test_pasid_mode_is_pasid_bits_on_qemu11_and_refused_where_neither_exists() -> None:
     machine = Machine(
         arch="x86_64", kernel=Path("/k"), initrd=Path("/i"),
         viommu=IntelIommu(scalable_mode=True, pasid_mode=True),
     )  # fmt: skip
-    missing = r"QEMU 11\.1\.3 lacks property intel-iommu\.x-pasid-mode"
+    eleven = probe.adapt_machine(
+        machine, _caps((11, 1, 3), {"scalable-mode", "fsts", "pasid-bits"})
+    )
+    assert isinstance(eleven.viommu, IntelIommu)
+    assert eleven.viommu.properties() == {"scalable-mode": True, "pasid-bits": 20}
+    caps = _caps((11, 1, 3), {"scalable-mode", "fsts"})
+    missing = r"QEMU 11\.1\.3 lacks property intel-iommu\.pasid-bits"
     with pytest.raises(MissingCapabilityError, match=missing):
         probe.adapt_machine(machine, caps)
 

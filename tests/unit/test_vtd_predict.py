@@ -146,3 +146,15 @@ def test_qemu_11_sets_esrtps_and_takes_its_new_property_names() -> None:
     cap, ecap = predict_registers(options, (11, 1, 3))
     assert (cap.encode(), ecap.encode()) == (0x81D2008C222F0686, 0x0000880000F00F4A)
     assert predict_registers(options)[0].encode() == 0x01D2008C222F0686  # 10.0.2: no ESRTPS
+
+
+def test_qemu_11_pasid_bits_predicts_what_x_pasid_mode_did() -> None:
+    ten = predict_registers(options("x-scalable-mode=on,x-flts=on,x-pasid-mode=on"))
+    eleven = predict_registers({"scalable-mode": "on", "fsts": "on", "pasid-bits": 20}, (11, 1, 3))
+    assert eleven[1].encode() == ten[1].encode() == 0x0000890000F00F4A  # ECAP: PASID, PSS 19
+    assert (
+        predict_registers({"scalable-mode": "on", "pasid-bits": 0}, (11, 1, 3))[1]
+        == (predict_registers(options("x-scalable-mode=on"))[1])
+    )
+    with pytest.raises(ConfigError, match="pasid-bits"):
+        resolve_config({"scalable-mode": "on", "pasid-bits": 16})
