@@ -75,6 +75,7 @@ class Guest:
         self.agent: Agent | None = None
         self.timings: dict[str, float] = {}
         self._key_file: Path | None = None
+        self._host_key: str | None = None
         #: a call or command lost the guest: teardown does not wait on it for dmesg
         self._lost = False
 
@@ -104,28 +105,58 @@ class Guest:
         self._key_file = key.private_key
         self.vm.authorized_key = key.public_line
         self.vm.host_key = host_key.private_key
+        self._host_key = host_key.public_line
         t0 = time.monotonic()
         self.vm.launch(ready_timeout=self.boot_timeout)
         self.timings["boot_to_marker_s"] = time.monotonic() - t0
-        assert self.vm.ssh_port is not None
+        self._connect(t0)
+        self._write_timings()
+        self.log(f"ready in {self.timings['boot_to_agent_s']:.1f}s ({self.vm.accel})")
+
+    def _connect(self, t0: float) -> None:
+        """SSH in with the run key (the host key pinned) and start the agent."""
+        assert self.vm.ssh_port is not None and self._key_file is not None
         # an older image's init makes its own host key: then there is nothing to verify
         verified = HOST_KEY_INSTALLED in self.vm.console_text()
         with self._located():
             ssh = connect_ssh(
                 self.vm.ssh_port,
-                key.private_key,
+                self._key_file,
                 self.ssh_timeout,
                 self._health,
                 check_command=False,  # agent.hello is the check
-                host_key=host_key.public_line if verified else None,
+                host_key=self._host_key if verified else None,
             )
             self.timings["boot_to_ssh_s"] = time.monotonic() - t0
             agent = Agent(ssh, self.artifacts / "agent.log", health=self._health)
             self.agent = agent
             agent.start()
         self.timings["boot_to_agent_s"] = time.monotonic() - t0
-        self._write_timings()
-        self.log(f"ready in {self.timings['boot_to_agent_s']:.1f}s ({self.vm.accel})")
+
+    def system_reset(self) -> float:
+        """Reset the machine over QMP (``system_reset``: the same QEMU, its hot-plugged
+        devices kept) and reconnect once the guest is back; seconds until the agent answers."""
+        if self.vm.qmp is None or self.vm.ready_marker is None:
+            raise AgentError("system_reset needs a launched machine with a ready marker")
+        booted = self.vm.console_text().count(self.vm.ready_marker)
+        first_boot = dict(self.timings)
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+        t0 = time.monotonic()
+        # -no-reboot turns every reset request into a shutdown: let this one reset (the
+        # action is taken when the request is made), then a guest reboot ends QEMU again
+        self.vm.qmp.execute("set-action", {"reboot": "reset"})
+        try:
+            self.vm.qmp.execute("system_reset")
+        finally:
+            self.vm.qmp.execute("set-action", {"reboot": "shutdown"})
+        self.vm.wait_ready(self.boot_timeout, seen=booted)
+        self._connect(t0)
+        took = self.timings["boot_to_agent_s"]
+        self.timings = {**first_boot, "reset_to_agent_s": took}
+        self.log(f"back after system_reset in {took:.1f}s")
+        return took
 
     def _write_timings(self) -> None:
         (self.artifacts / "timings.json").write_text(json.dumps(self.timings, indent=1) + "\n")

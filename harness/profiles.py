@@ -9,6 +9,7 @@ from harness.errors import ConfigError
 from harness.qemu.description import (
     Device,
     Edu,
+    HotplugPort,
     Igb,
     IntelIommu,
     Machine,
@@ -49,7 +50,8 @@ def make_viommu(kind: str | None, options: dict[str, Any] | None = None) -> Viom
 
 
 def make_devices(names: Sequence[str]) -> tuple[Device, ...]:
-    """Devices by name (``edu``, ``edu:mask=0xfffffff``, ``igb``) plus the SSH NIC and pvpanic."""
+    """Devices by name (``edu``, ``edu:mask=0xfffffff``, ``igb``, ``hotplug-port``: an empty
+    root port to hot-plug into) plus the SSH NIC and pvpanic."""
     devices: list[Device] = []
     for i, spec in enumerate(names):
         name, _, rest = spec.partition(":")
@@ -58,8 +60,11 @@ def make_devices(names: Sequence[str]) -> tuple[Device, ...]:
                 raise ConfigError(f"device {spec!r}: igb takes no options")
             devices.append(Igb(id=f"igb{i}", chassis=16 + i))
             continue
+        if name == "hotplug-port":
+            devices.append(HotplugPort(id=f"hotport{i}", chassis=32 + i))
+            continue
         if name != "edu":
-            raise ConfigError(f"device {spec!r}: unknown (known: edu, igb)")
+            raise ConfigError(f"device {spec!r}: unknown (known: edu, igb, hotplug-port)")
         mask = None
         for item in filter(None, rest.split(",")):
             key, _, value = item.partition("=")

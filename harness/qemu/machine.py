@@ -520,15 +520,16 @@ class QemuMachine:
             raise KvmInternalError(cause, self.artifacts, tail)
         raise MachineError(cause, self.artifacts, tail)
 
-    def wait_ready(self, timeout: float | None = None) -> float:
-        """Wait for the ready marker on the console; returns seconds since launch."""
+    def wait_ready(self, timeout: float | None = None, seen: int = 0) -> float:
+        """Wait for the ready marker on the console (its ``seen + 1``-th appearance: after a
+        reset the earlier boots' markers are still there); returns seconds waited."""
         if self.ready_marker is None:
             raise HarnessError("no ready marker configured for this machine")
         timeout = timeout or (60.0 if self.accel == "kvm" else 180.0)
         silence = self.kvm_silence_timeout if self.accel == "kvm" else None
         start = time.monotonic()
         while True:
-            if self.ready_marker in self.console_text():
+            if self.console_text().count(self.ready_marker) > seen:
                 return time.monotonic() - start
             if self.health(include_hang=True).cause is not None:
                 self._raise_failure("stopped")

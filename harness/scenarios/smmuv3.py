@@ -175,7 +175,7 @@ def _guest_iort(guest: Guest) -> tuple[bytes | None, Iort | None, str]:
         return bytes(raw), None, str(exc)
 
 
-def _require_override(guest: Guest, verdict: Verdict) -> bool:
+def require_override(guest: Guest, verdict: Verdict) -> bool:
     """A failed check, with the reason, unless the guest's IORT claims CANWBS."""
     _, iort, problem = _guest_iort(guest)
     canwbs = bool(iort and iort.canwbs)
@@ -382,7 +382,7 @@ BINDING_CASES: tuple[dict[str, Any], ...] = (
 
 
 def _open_session(guest: Guest, verdict: Verdict, depth: int = 64) -> dict[str, Any] | None:
-    if not _require_override(guest, verdict):
+    if not require_override(guest, verdict):
         return None
     bound = _bind_edu(guest, verdict)
     if bound is None:

@@ -163,6 +163,7 @@ class Session:
             self.events = self.viommu.event_queue(uapi.IOMMU_VEVENTQ_TYPE_ARM_SMMUV3, veventq_depth)
             self.ioas.map(self.buf.addr, BUFFER_SIZE, IPA_BASE)
             self.edu = Edu(self.dev, dma_mask=dma_mask)
+            self.dma_mask = dma_mask
         except BaseException:
             self.close()
             raise
@@ -332,6 +333,79 @@ def close_session() -> dict[str, Any]:
         return {"closed": False}
     session.close()
     return {"closed": True}
+
+
+# -- hot-unplug under live nesting -----------------------------------------------------------
+
+
+@method
+def hotplug_release() -> dict[str, Any]:
+    """Close the device fd only (what vfio-pci asks of its user when the device is being
+    removed); the nest parent, vIOMMU, vDEVICE, nested HWPT and vEVENTQ stay allocated."""
+    session = _session()
+    gone = {"dev_id": session.dev_id, "vdevice": session.vdev.id}
+    session.dev.close()
+    return gone
+
+
+@method
+def after_unplug() -> dict[str, str]:
+    """What the kernel answers for the removed device's objects (errno names).
+
+    7.3: the device's unbind destroyed its vDEVICE and left a tombstone, so destroying
+    that ID is ENOENT (selftest ``vdevice_tombstone``); the vSID resolves to nothing, so an
+    invalidation naming it is EIO (``arm_vsmmu_vsid_to_sid``); the device ID is gone, so a
+    vDEVICE for it is ENOENT; the nested HWPT lost its only user and is destroyed.
+    """
+    from harness.smmuv3 import make_command
+
+    session = _session()
+    found: dict[str, str] = {}
+    found["destroy vDEVICE"] = errno_text(_errno_of(session.ictx.destroy, session.vdev.id)[0])
+    session.vdev.forget()
+    found["invalidate CFGI_CD for the vSID"] = errno_text(
+        _errno_of(session.invalidate, [make_command("CFGI_CD", sid=session.vsid, leaf=True)])[0]
+    )
+    found["vDEVICE for the removed device"] = errno_text(
+        _errno_of(session.viommu.vdevice, session.dev_id, session.vsid)[0]
+    )
+    nested, session.nested = session.nested, None
+    found["destroy the nested HWPT"] = errno_text(_errno_of(nested.destroy)[0]) if nested else "-"
+    return found
+
+
+@method
+def hotplug_rebind(cdev: str, bdf: str) -> dict[str, Any]:
+    """The re-added device into the same session: bound to the same iommufd, a vDEVICE with
+    the same vSID on the same vIOMMU."""
+    from harness.devices.edu import Edu
+    from harness.driver import VfioDevice
+
+    session = _session()
+    session.dev = VfioDevice(cdev)
+    session.dev_id = session.dev.bind(session.ictx)
+    session.bdf, session.sid = bdf, stream_id(bdf)
+    session.vdev = session.viommu.vdevice(session.dev_id, session.vsid)
+    session.edu = Edu(session.dev, dma_mask=session.dma_mask)
+    return {"dev_id": session.dev_id, "vdevice": session.vdev.id, "sid": session.sid}
+
+
+@method
+def stale_probe(src_iova: int, old_iova: int, old_ipa: int, label: str) -> dict[str, Any]:
+    """edu loads ``label``'s bytes through ``src_iova`` (mapped) and writes them to
+    ``old_iova`` (mapped before a reset, not now): whether they reached ``old_ipa``, and
+    the vEVENTQ records that DMA left."""
+    session = _session()
+    data = pattern(label, FAULT_DMA_LENGTH)  # one access: one fault record
+    session.drain_events(0.2)
+    session.write(session.data_ipa(0), data)
+    session.zero(old_ipa, len(data))
+    session.dma_read(src_iova, len(data))
+    session.dma_write(old_iova, len(data))
+    return {
+        "landed": session.read(old_ipa, len(data)) == data,
+        "events": session.drain_events(1.0),
+    }
 
 
 # -- PASID-table (CD table) binding ---------------------------------------------------------
