@@ -1,6 +1,6 @@
-"""Hot-plug and reset under live nesting, driven through QMP (SMMUv3, arm64).
+"""Hot-plug and reset under a live IOMMU set-up, driven through QMP (SMMUv3 and VT-d).
 
-The guest starts with an empty PCIe root port.  ``smmuv3-hotplug``:
+The guest starts with an empty PCIe root port.  ``smmuv3-hotplug`` (arm64):
 
 1. ``device_add`` an edu into the port; the guest finds it, binds it to vfio-pci and builds
    the nested set-up (nest parent, vIOMMU, vDEVICE with vSID 0x42, vEVENTQ, a nested HWPT
@@ -17,6 +17,11 @@ The guest starts with an empty PCIe root port.  ``smmuv3-hotplug``:
    QEMU keeps hot-plugged devices across a reset), a fresh session's DMA works, and a DMA
    through the IOVA that worked before the reset faults instead of landing (no stale
    STE, CD or IOTLB entry survived).
+
+``vtd-hotplug`` (x86_64, q35 + intel-iommu) does the same with a paging domain (edu
+attached to an IOAS): after the unplug a HWPT for the removed device's ID is ENOENT and
+its IOAS unmaps and is destroyed (no reference left); after the reset the old IOVA's
+DMA is a DMAR fault in the guest's dmesg and in the unit's fault-recording registers.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from harness.guest import Guest
 from harness.qemu.hotplug import device_add, device_del, pci_devices, wait_deleted
 from harness.qemu.qmp import QmpError, QmpSession
 from harness.rings import ExpectedFault, check_veventq
-from harness.scenarios.base import EFFECT, Check, Verdict, scenario
+from harness.scenarios.base import EFFECT, Check, GuestSpec, Verdict, scenario
 from harness.scenarios.guest.smmuv3 import DATA_OFFSET, DATA_SLOT, IPA_BASE
+from harness.scenarios.hw_queues import frcd_for, vtd_unit_reader
 from harness.scenarios.runner import prepare_hook
 from harness.scenarios.smmuv3 import (
     EDU_ID,
@@ -44,6 +50,8 @@ from harness.scenarios.smmuv3 import (
     event_summary,
     require_override,
 )
+from harness.scenarios.vtd import DEFAULT_DMA_MASK, requester_id
+from harness.vtd import dmar_faults
 
 HOT_ID = "hotedu"
 PORT = "hotport0"
@@ -55,7 +63,7 @@ CASE: dict[str, Any] = {"kind": "s1", "label": "hotplug", "granule": GRANULE, "i
 AFTER_RESET = {**CASE, "label": "after-reset", "iova": 0x30_0000}
 #: where CASE's destination IOVA (its second page) lands: data slot 1
 DST_IPA = IPA_BASE + DATA_OFFSET + DATA_SLOT
-#: 7.3's answers for the removed device's objects (see hotplug_release / after_unplug)
+#: 7.3's answers for the removed device's objects (guest smmuv3.after_unplug)
 AFTER_UNPLUG = {
     "destroy vDEVICE": "ENOENT",
     "invalidate CFGI_CD for the vSID": "EIO",
@@ -71,6 +79,15 @@ VFIO_REQUEST = re.compile(r"Relaying device request to user|No device request ch
 UNPLUG_TIMEOUT = 90.0
 
 HOTPLUG_SPEC = replace(SPEC, devices=("hotplug-port",))
+VTD_SPEC = GuestSpec(viommu="vtd", devices=("hotplug-port",))
+#: VT-d: the IOAS maps a source page at the IOVA and a destination page after it
+VTD_IOVA, VTD_IOVA_AFTER_RESET = 0x10_0000, 0x30_0000
+#: 7.3's answers for the removed device's objects (guest vtd.after_unplug)
+VTD_AFTER_UNPLUG = {
+    "HWPT for the removed device": "ENOENT",
+    "unmap the IOAS": "success",
+    "destroy the IOAS": "success",
+}
 prepare_hook("smmuv3-hotplug")(apply_iort_override)
 
 
@@ -99,16 +116,20 @@ def _wait_for_edu(guest: Guest) -> str | None:
     return None
 
 
-def _plug(guest: Guest, verdict: Verdict, label: str) -> tuple[str, str] | None:
-    """``device_add`` the edu, wait for the guest to see it, bind it: (BDF, cdev)."""
-    device_add(_qmp(guest), "edu", id=HOT_ID, bus=PORT, dma_mask=EDU_MASK)
+def _plug(guest: Guest, verdict: Verdict, label: str, dma_mask: int | None = None) -> str | None:
+    """``device_add`` the edu; its BDF once the guest has enumerated it."""
+    props = {} if dma_mask is None else {"dma_mask": dma_mask}
+    device_add(_qmp(guest), "edu", id=HOT_ID, bus=PORT, **props)
     bdf = _wait_for_edu(guest)
     verdict.add(Check.equal(f"{label}: the guest enumerates the hot-added edu", True, bool(bdf)))
-    if bdf is None:
-        return None
+    return bdf
+
+
+def _bind(guest: Guest, verdict: Verdict, bdf: str, label: str) -> str:
+    """edu on vfio-pci: its cdev."""
     bound = guest.call("pci.bind_vfio", bdf=bdf)["device"]
     verdict.add(Check.equal(f"{label}: edu bound to vfio-pci", "vfio-pci", bound["driver"]))
-    return bdf, str(bound["vfio_cdev"])
+    return str(bound["vfio_cdev"])
 
 
 def _dma(guest: Guest, verdict: Verdict, case: Mapping[str, Any], what: str) -> bool:
@@ -131,8 +152,12 @@ def _session(guest: Guest, verdict: Verdict, bdf: str, cdev: str, what: str) -> 
                             len({i for i in ids if i > 0})))  # fmt: skip
 
 
-def _unplug(guest: Guest, verdict: Verdict, bdf: str) -> bool:
-    """``device_del`` with the set-up live; the guest lets go; QEMU finishes the unplug."""
+def _unplug(
+    guest: Guest, verdict: Verdict, bdf: str, guest_half: str, after: Mapping[str, str]
+) -> bool:
+    """``device_del`` with the set-up live; the guest lets go (``<guest_half>.plug_release``:
+    the device fd only); QEMU finishes the unplug; the removed device's objects answer
+    ``<guest_half>.after_unplug`` as ``after`` predicts."""
     qmp = _qmp(guest)
     mark = guest.call("system.dmesg_mark")
     since = device_del(qmp, HOT_ID)
@@ -151,7 +176,7 @@ def _unplug(guest: Guest, verdict: Verdict, bdf: str) -> bool:
             relayed.strip(),
         )
     )
-    gone = guest.call("smmuv3.hotplug_release")
+    gone = guest.call(f"{guest_half}.plug_release")
     verdict.facts["released"] = gone
     took: float | None = None
     try:
@@ -177,8 +202,8 @@ def _unplug(guest: Guest, verdict: Verdict, bdf: str) -> bool:
             [_edus_in_qemu(guest), present],
         )
     )  # fmt: skip
-    found = guest.call("smmuv3.after_unplug")
-    for what, want in AFTER_UNPLUG.items():
+    found = guest.call(f"{guest_half}.after_unplug")
+    for what, want in after.items():
         verdict.add(Check.effect(f"after the unplug: {what}", want, found.get(what)))
     return True
 
@@ -216,18 +241,19 @@ def smmuv3_hotplug(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     if not require_override(guest, verdict):
         return verdict
     verdict.add(Check.effect("before device_add: no edu in QEMU", [], _edus_in_qemu(guest)))
-    plugged = _plug(guest, verdict, "hot-add")
-    if plugged is None:
+    bdf = _plug(guest, verdict, "hot-add", EDU_MASK)
+    if bdf is None:
         return verdict
-    _session(guest, verdict, *plugged, "hot-add")
+    _session(guest, verdict, bdf, _bind(guest, verdict, bdf, "hot-add"), "hot-add")
     if not _dma(guest, verdict, CASE, "hot-added edu"):
         return verdict
-    if not _unplug(guest, verdict, plugged[0]):
+    if not _unplug(guest, verdict, bdf, "smmuv3", AFTER_UNPLUG):
         return verdict
-    replugged = _plug(guest, verdict, "re-add")
-    if replugged is None:
+    bdf = _plug(guest, verdict, "re-add", EDU_MASK)
+    if bdf is None:
         return verdict
-    rebound = guest.call("smmuv3.hotplug_rebind", cdev=replugged[1], bdf=replugged[0])
+    cdev = _bind(guest, verdict, bdf, "re-add")
+    rebound = guest.call("smmuv3.plug_rebind", cdev=cdev, bdf=bdf)
     verdict.facts["rebound"] = rebound
     verdict.add(Check.equal("re-add: a vDEVICE with the same vSID on the same vIOMMU", True,
                             rebound["vdevice"] > 0))  # fmt: skip
@@ -240,9 +266,76 @@ def smmuv3_hotplug(guest: Guest, params: Mapping[str, Any]) -> Verdict:
                             bool(bdf)))  # fmt: skip
     if bdf is None:
         return verdict
-    bound = guest.call("pci.bind_vfio", bdf=bdf)["device"]
-    _session(guest, verdict, bdf, str(bound["vfio_cdev"]), "after the reset")
+    _session(guest, verdict, bdf, _bind(guest, verdict, bdf, "after the reset"), "after the reset")
     if _dma(guest, verdict, AFTER_RESET, "after the reset"):
         _stale_probe(guest, verdict, before)
     guest.call("smmuv3.close_session")
+    return verdict
+
+
+def _vtd_dma(guest: Guest, verdict: Verdict, result: Mapping[str, Any], what: str) -> bool:
+    verdict.add(Check.effect(f"{what}: DMA through the paging domain, bytes", True,
+                             result["equal"]))  # fmt: skip
+    return bool(result["equal"])
+
+
+def _vtd_stale_probe(guest: Guest, verdict: Verdict, bdf: str) -> None:
+    """After the reset: edu writes through the old destination IOVA; it must fault (dmesg,
+    and the unit's fault-recording registers read over QMP), not land."""
+    old = VTD_IOVA + 0x1000
+    probe = guest.call("vtd.plug_stale_probe", old_iova=VTD_IOVA)
+    verdict.add(
+        Check.effect("after the reset: a DMA to the old IOVA does not land", False, probe["landed"])
+    )
+    faults = [(hex(f.sid), hex(f.address), f.is_write) for f in dmar_faults(probe["dmesg"])]
+    verdict.add(
+        Check.effect(
+            "after the reset: the old IOVA is a DMAR fault in dmesg (sid, addr, write)",
+            [(hex(requester_id(bdf)), hex(old), True)],
+            faults,
+        )
+    )
+    with vtd_unit_reader(_qmp(guest)) as unit:
+        found = frcd_for(unit.snapshot(), old)
+    verdict.add(
+        Check.effect(
+            "after the reset: the fault in the unit's FRCD (sid, write)",
+            (hex(requester_id(bdf)), True),
+            (hex(found[0].sid), found[0].is_write) if found else None,
+        )
+    )
+
+
+@scenario("vtd-hotplug", tier=2, arches=("x86_64",), guest=VTD_SPEC, viommu="vtd")
+def vtd_hotplug(guest: Guest, params: Mapping[str, Any]) -> Verdict:
+    """edu hot-added, unplugged and re-added while attached to a paging domain; system_reset."""
+    verdict = Verdict("vtd-hotplug")
+    verdict.add(Check.effect("before device_add: no edu in QEMU", [], _edus_in_qemu(guest)))
+    bdf = _plug(guest, verdict, "hot-add")
+    if bdf is None:
+        return verdict
+    opened = guest.call("vtd.plug_open", cdev=_bind(guest, verdict, bdf, "hot-add"),
+                        dma_mask=DEFAULT_DMA_MASK, iova=VTD_IOVA)  # fmt: skip
+    if not _vtd_dma(guest, verdict, opened, "hot-added edu"):
+        return verdict
+    if not _unplug(guest, verdict, bdf, "vtd", VTD_AFTER_UNPLUG):
+        return verdict
+    bdf = _plug(guest, verdict, "re-add")
+    if bdf is None:
+        return verdict
+    again = guest.call("vtd.plug_reattach", cdev=_bind(guest, verdict, bdf, "re-add"),
+                       iova=VTD_IOVA)  # fmt: skip
+    if not _vtd_dma(guest, verdict, again, "re-added edu"):
+        return verdict
+    verdict.timings["reset_s"] = round(guest.system_reset(), 1)
+    bdf = _wait_for_edu(guest)
+    verdict.add(Check.equal("after the reset: the hot-added edu is still there", True,
+                            bool(bdf)))  # fmt: skip
+    if bdf is None:
+        return verdict
+    fresh = guest.call("vtd.plug_open", cdev=_bind(guest, verdict, bdf, "after the reset"),
+                       dma_mask=DEFAULT_DMA_MASK, iova=VTD_IOVA_AFTER_RESET)  # fmt: skip
+    if _vtd_dma(guest, verdict, fresh, "after the reset"):
+        _vtd_stale_probe(guest, verdict, bdf)
+    guest.call("vtd.plug_close")
     return verdict

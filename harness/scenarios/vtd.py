@@ -88,10 +88,14 @@ def bind_edu(guest: Guest) -> EduBinding:
         raise AssertionError(f"expected one edu device in the guest, found {bdfs}")
     device = guest.call("pci.bind_vfio", bdf=bdfs[0])["device"]
     bdf = str(device["bdf"])
+    return EduBinding(bdf, str(device["vfio_cdev"]), int(device["iommu_group"]), requester_id(bdf))
+
+
+def requester_id(bdf: str) -> int:
+    """The source ID (bus << 8 | devfn) of ``DDDD:BB:DD.F``: what fault records carry."""
     _, bus, devfn = bdf.split(":")
     dev, fn = devfn.split(".")
-    sid = int(bus, 16) << 8 | int(dev, 16) << 3 | int(fn)
-    return EduBinding(bdf, str(device["vfio_cdev"]), int(device["iommu_group"]), sid)
+    return int(bus, 16) << 8 | int(dev, 16) << 3 | int(fn)
 
 
 def edu_dma_mask(guest: Guest) -> int:

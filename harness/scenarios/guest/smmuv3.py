@@ -339,7 +339,7 @@ def close_session() -> dict[str, Any]:
 
 
 @method
-def hotplug_release() -> dict[str, Any]:
+def plug_release() -> dict[str, Any]:
     """Close the device fd only (what vfio-pci asks of its user when the device is being
     removed); the nest parent, vIOMMU, vDEVICE, nested HWPT and vEVENTQ stay allocated."""
     session = _session()
@@ -375,7 +375,7 @@ def after_unplug() -> dict[str, str]:
 
 
 @method
-def hotplug_rebind(cdev: str, bdf: str) -> dict[str, Any]:
+def plug_rebind(cdev: str, bdf: str) -> dict[str, Any]:
     """The re-added device into the same session: bound to the same iommufd, a vDEVICE with
     the same vSID on the same vIOMMU."""
     from harness.devices.edu import Edu

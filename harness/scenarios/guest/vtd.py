@@ -21,7 +21,7 @@ from typing import Any
 from guests.agent.server import method
 from harness.devices.edu import Edu
 from harness.driver.checks import CheckTable
-from harness.driver.errors import IoctlError
+from harness.driver.errors import IoctlError, errno_name
 from harness.driver.iommufd import IOAS, IommuFD
 from harness.driver.memory import DmaBuffer
 from harness.driver.vfio import VfioContainer, VfioDevice, VfioGroup
@@ -435,6 +435,130 @@ def unmap_close() -> dict[str, Any]:
     if session is None:
         return {"closed": False}
     session.stack.close()
+    return {"closed": True}
+
+
+# --- hot-unplug with a live paging domain ---------------------------------------------------
+
+
+class PlugSession:
+    """One iommufd; edu bound to it and attached to an IOAS that maps a source page at
+    ``iova`` and a destination page after it."""
+
+    def __init__(self, dma_mask: int) -> None:
+        self.ictx = IommuFD()
+        self.dma_mask = dma_mask
+        self.src, self.dst = DmaBuffer(PAGE), DmaBuffer(PAGE)
+        self.device: VfioDevice | None = None
+        self.ioas: IOAS | None = None
+        self.iova = 0
+
+    def attach(self, cdev: str, iova: int) -> dict[str, Any]:
+        """Bind ``cdev``, attach it to a fresh IOAS mapping the pages at ``iova``; a DMA
+        copies the source page to the destination page through it."""
+        self.device = VfioDevice(cdev)
+        self.dev_id = self.device.bind(self.ictx)
+        self.ioas = self.ictx.ioas()
+        self.device.attach(self.ioas)
+        self.ioas.map(self.src.addr, PAGE, iova)
+        self.ioas.map(self.dst.addr, PAGE, iova + PAGE)
+        self.edu = Edu(self.device, dma_mask=self.dma_mask)
+        self.iova = iova
+        return round_trip(self.edu, self.src, iova, self.dst, iova + PAGE, 64, 3)
+
+    def close(self) -> None:
+        try:
+            self.ictx.close(destroy=False)
+        finally:
+            if self.device is not None:
+                self.device.close()
+            self.src.close()
+            self.dst.close()
+
+
+_PLUG: PlugSession | None = None
+
+
+def _plug() -> PlugSession:
+    if _PLUG is None:
+        raise RuntimeError("no hot-plug session: call vtd.plug_open first")
+    return _PLUG
+
+
+@method
+def plug_open(cdev: str, dma_mask: int, iova: int) -> dict[str, Any]:
+    """A new session with ``cdev`` attached and mapped at ``iova``; the DMA's result."""
+    global _PLUG
+    plug_close()
+    _PLUG = PlugSession(dma_mask)
+    return _PLUG.attach(cdev, iova)
+
+
+@method
+def plug_reattach(cdev: str, iova: int) -> dict[str, Any]:
+    """The re-added device into the same iommufd, a fresh IOAS, the DMA's result."""
+    return _plug().attach(cdev, iova)
+
+
+@method
+def plug_release() -> dict[str, Any]:
+    """Close the device fd only (what vfio-pci asks of its user during a removal)."""
+    session = _plug()
+    assert session.device is not None
+    session.device.close()
+    session.device = None
+    return {"dev_id": session.dev_id}
+
+
+def _errno_name_of(call: Callable[[], Any]) -> str:
+    """``success`` or the errno name ``call`` fails with."""
+    try:
+        call()
+    except IoctlError as exc:
+        return errno_name(exc.errno or 0)
+    return "success"
+
+
+@method
+def after_unplug() -> dict[str, str]:
+    """The removed device's objects (errno names): its ID is gone (a HWPT for it:
+    ENOENT); the IOAS it was attached to unmaps and is destroyed (no reference left)."""
+    session = _plug()
+    ioas, session.ioas = session.ioas, None
+    assert ioas is not None
+    return {
+        "HWPT for the removed device": _errno_name_of(lambda: ioas.paging_hwpt(session.dev_id)),
+        "unmap the IOAS": _errno_name_of(ioas.unmap_all),
+        "destroy the IOAS": _errno_name_of(ioas.destroy),
+    }
+
+
+@method
+def plug_stale_probe(old_iova: int) -> dict[str, Any]:
+    """edu loads 64 bytes through the current mapping and writes them to ``old_iova + PAGE``
+    (the destination before a reset, unmapped now): whether they reached the destination
+    page, and the kernel's DMAR fault lines."""
+    session = _plug()
+    marker = _mark()
+    data = pattern(64, 99)
+    session.src.write(0, data)
+    session.dst.write(0, bytes(64))
+    session.edu.dma_to_device(session.iova, 64)
+    session.edu.dma_from_device(old_iova + PAGE, 64)
+    return {
+        "landed": session.dst.read(0, 64) == data,
+        "dmesg": _wait_faults(marker, 1, timeout=5.0, settle=0.5),
+    }
+
+
+@method
+def plug_close() -> dict[str, Any]:
+    """Close the session (the kernel frees what is left)."""
+    global _PLUG
+    session, _PLUG = _PLUG, None
+    if session is None:
+        return {"closed": False}
+    session.close()
     return {"closed": True}
 
 
