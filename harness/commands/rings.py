@@ -28,7 +28,7 @@ from harness.qemu.viommu_regs import (
     read_smmu,
     read_vtd,
 )
-from harness.rings import check_fault_recording, check_smmu_evtq
+from harness.rings import check_fault_recording, check_page_request_queue, check_smmu_evtq
 from harness.rings.verdict import RingVerdict
 from harness.scenarios.hw_queues import smmu_queue_reader
 
@@ -78,7 +78,8 @@ def smmu_records(snap: SmmuSnapshot, last: int) -> list[dict[str, Any]]:
 
 
 def vtd_records(snap: VtdSnapshot, last: int) -> list[dict[str, Any]]:
-    """Header, invalidation-queue descriptors, pending fault records and the FRCD verdict."""
+    """Header, invalidation-queue descriptors, pending fault records and the FRCD verdict;
+    the page request queue and its verdict when the guest has one."""
     w = snap.window
     out: list[dict[str, Any]] = [
         {"queue": "vtd", "base": hex(w.base), "region": w.region, "paused": snap.paused,
@@ -91,6 +92,12 @@ def vtd_records(snap: VtdSnapshot, last: int) -> list[dict[str, Any]]:
         out.extend(invalidation_record(slot, data) for slot, data in snap.recent(last))
     out.extend(fault_records(snap))
     out.append(_verdict_record("frcd", check_fault_recording(snap.frcd, snap.fsts)))
+    if snap.prq:  # the guest set up a page request queue (ECAP.PRS: QEMU 11's svm=on)
+        where = {"address": hex(snap.pqa & ~0xFFF), "bytes": len(snap.prq)}
+        pointers = {"head": hex(snap.pqh), "tail": hex(snap.pqt), "PRS": hex(snap.prs)}
+        out.append({"queue": "prq", **where, **pointers})
+        verdict = check_page_request_queue(snap.prq, snap.pqh, snap.pqt, snap.prs)
+        out.append(_verdict_record("prq", verdict))
     return out
 
 

@@ -98,6 +98,8 @@ class IntelIommu:
     dma_drain: bool | None = None
     pt: bool | None = None
     fs1gp: bool | None = None
+    #: QEMU >= 11 only: page requests (ECAP.PRS; the guest kernel then sets up its PRQ)
+    svm: bool | None = None
     #: QEMU >= 11's property names (``scalable-mode``, ``fsts``); set by
     #: ``harness.qemu.probe.adapt_machine`` from what the QEMU in use has
     qemu11_names: bool = False
@@ -117,6 +119,7 @@ class IntelIommu:
         "dma_drain": "dma-drain",
         "pt": "pt",
         "fs1gp": "fs1gp",
+        "svm": "svm",
     }
     #: the names QEMU 11 gave the same properties (QEMU 10.x: ``x-`` prefixed / ``x-flts``);
     #: ``x-pasid-mode=on`` (20-bit PASIDs, ECAP.PSS 19) became ``pasid-bits=20``

@@ -32,6 +32,9 @@ from harness.qemu.viommu_regs import (
     VTD_IQA,
     VTD_IQH,
     VTD_IQT,
+    VTD_PQA,
+    VTD_PQH,
+    VTD_PQT,
     VTD_RTADDR,
     Reader,
     ViommuRegsError,
@@ -603,3 +606,24 @@ def test_reader_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_READER, "0")
     assert reader_enabled({}) is False
     assert reader_enabled({"hw_queues": True}) is True
+
+
+def test_vtd_records_judge_the_page_request_queue(tmp_path: Path) -> None:
+    qemu = vtd_machine()
+    (window,) = find_viommus(qemu)
+    assert not [
+        r
+        for r in rings_cmd.vtd_records(read_vtd(Reader(qemu, tmp_path), window), 4)
+        if r["queue"] == "prq"
+    ]  # fmt: skip (no PQA: no queue)
+    qemu.regs[VTD + VTD_PQA] = (RAM + 0x8000, 8)  # one page
+    qemu.regs[VTD + VTD_PQH] = qemu.regs[VTD + VTD_PQT] = (0x40, 8)
+    records = rings_cmd.vtd_records(read_vtd(Reader(qemu, tmp_path), window), 4)
+    (header,) = [r for r in records if r["queue"] == "prq" and "address" in r]
+    assert (header["bytes"], header["head"]) == (4096, "0x40")
+    (verdict,) = [r for r in records if r.get("check") == "vtd-prq"]
+    assert verdict["ok"] and verdict["pending"] == 0
+    qemu.regs[VTD + VTD_PQT] = (0x41, 8)  # not on a 32-byte boundary: malformed
+    (verdict,) = [r for r in rings_cmd.vtd_records(read_vtd(Reader(qemu, tmp_path), window), 4)
+                  if r.get("check") == "vtd-prq"]  # fmt: skip
+    assert not verdict["ok"]
