@@ -198,3 +198,32 @@ def test_vtd_page_request_queue_on_qemu11(
     assert prq["bytes"] == 4096 << (int(head["PQA"], 16) & 7), prq
     (verdict,) = [r for r in records if r.get("check") == "vtd-prq"]
     assert verdict["ok"], verdict
+
+
+@pytest.mark.parametrize(
+    ("name", "arch", "hardware_rows"),
+    [
+        pytest.param("smmuv3-fault-rings", "arm64", ("EVTQ",),
+                     marks=[pytest.mark.smmuv3, pytest.mark.arm64]),
+        pytest.param("vtd-dma-faults", "x86_64", ("unit:",),
+                     marks=[pytest.mark.vtd, pytest.mark.x86_64]),
+    ],
+)  # fmt: skip
+def test_reader_off_the_scenario_passes_without_its_hardware_rows(
+    request: pytest.FixtureRequest, artifacts_dir: Path, seed: int, name: str, arch: str,
+    hardware_rows: tuple[str, ...],
+) -> None:  # fmt: skip
+    """The reader only observes: with it off the scenario passes on the guest's own view
+    alone (the registered-scenario tests run it on, with the hardware rows)."""
+    from harness.scenarios.runner import run_scenario
+
+    accel = request.config.getoption("--accel")
+    if reason := kvm_skip_reason(arch, accel):
+        pytest.skip(reason)
+    qemu = qemu_for(request.config.getoption("qemu") or [], arch)
+    verdict = run_scenario(name, arch, params={"hw_queues": False}, qemu=qemu, accel=accel,
+                           seed=seed, artifacts=artifacts_dir)  # fmt: skip
+    print(verdict.table())
+    assert verdict.passed, verdict.summary()
+    assert verdict.facts["hw_queue_reader"] is False
+    assert not [c.name for c in verdict.checks if c.name.startswith(hardware_rows)]
