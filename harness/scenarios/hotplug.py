@@ -59,8 +59,9 @@ PORT = "hotport0"
 IOVA, GRANULE = 0x10_0000, 4096
 CASE: dict[str, Any] = {"kind": "s1", "label": "hotplug", "granule": GRANULE, "iova": IOVA,
                         "asid": 1}  # fmt: skip
-#: after the reset, the fresh set-up maps another IOVA; CASE's must then fault
-AFTER_RESET = {**CASE, "label": "after-reset", "iova": 0x30_0000}
+#: after the reset, the fresh set-up maps another IOVA (parameter ``reset_iova``; the
+#: mutation test maps IOVA again, so the old IOVA's DMA lands); CASE's must then fault
+RESET_IOVA = 0x30_0000
 #: where CASE's destination IOVA (its second page) lands: data slot 1
 DST_IPA = IPA_BASE + DATA_OFFSET + DATA_SLOT
 #: 7.3's answers for the removed device's objects (guest smmuv3.after_unplug)
@@ -81,7 +82,7 @@ UNPLUG_TIMEOUT = 90.0
 HOTPLUG_SPEC = replace(SPEC, devices=("hotplug-port",))
 VTD_SPEC = GuestSpec(viommu="vtd", devices=("hotplug-port",))
 #: VT-d: the IOAS maps a source page at the IOVA and a destination page after it
-VTD_IOVA, VTD_IOVA_AFTER_RESET = 0x10_0000, 0x30_0000
+VTD_IOVA = 0x10_0000
 #: 7.3's answers for the removed device's objects (guest vtd.after_unplug)
 VTD_AFTER_UNPLUG = {
     "HWPT for the removed device": "ENOENT",
@@ -208,11 +209,11 @@ def _unplug(
     return True
 
 
-def _stale_probe(guest: Guest, verdict: Verdict, before: Mapping[str, Any]) -> None:
+def _stale_probe(guest: Guest, verdict: Verdict, before: Mapping[str, Any], src_iova: int) -> None:
     """After the reset: a DMA to the IOVA mapped before it must fault, not land."""
     probe = guest.call(
         "smmuv3.stale_probe",
-        src_iova=AFTER_RESET["iova"],
+        src_iova=src_iova,
         old_iova=before["dst_iova"],
         old_ipa=before["dst_ipa"],
         label="stale",
@@ -234,7 +235,14 @@ def _stale_probe(guest: Guest, verdict: Verdict, before: Mapping[str, Any]) -> N
     )
 
 
-@scenario("smmuv3-hotplug", tier=2, arches=("arm64",), guest=HOTPLUG_SPEC, viommu="smmuv3")
+@scenario(
+    "smmuv3-hotplug",
+    tier=2,
+    arches=("arm64",),
+    guest=HOTPLUG_SPEC,
+    viommu="smmuv3",
+    defaults={"reset_iova": RESET_IOVA},
+)
 def smmuv3_hotplug(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     """edu hot-added, unplugged and re-added under a live nested set-up; then system_reset."""
     verdict = Verdict("smmuv3-hotplug")
@@ -267,8 +275,9 @@ def smmuv3_hotplug(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     if bdf is None:
         return verdict
     _session(guest, verdict, bdf, _bind(guest, verdict, bdf, "after the reset"), "after the reset")
-    if _dma(guest, verdict, AFTER_RESET, "after the reset"):
-        _stale_probe(guest, verdict, before)
+    after_reset = {**CASE, "iova": int(params["reset_iova"])}
+    if _dma(guest, verdict, after_reset, "after the reset"):
+        _stale_probe(guest, verdict, before, after_reset["iova"])
     guest.call("smmuv3.close_session")
     return verdict
 
@@ -306,7 +315,14 @@ def _vtd_stale_probe(guest: Guest, verdict: Verdict, bdf: str) -> None:
     )
 
 
-@scenario("vtd-hotplug", tier=2, arches=("x86_64",), guest=VTD_SPEC, viommu="vtd")
+@scenario(
+    "vtd-hotplug",
+    tier=2,
+    arches=("x86_64",),
+    guest=VTD_SPEC,
+    viommu="vtd",
+    defaults={"reset_iova": RESET_IOVA},
+)
 def vtd_hotplug(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     """edu hot-added, unplugged and re-added while attached to a paging domain; system_reset."""
     verdict = Verdict("vtd-hotplug")
@@ -334,7 +350,7 @@ def vtd_hotplug(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     if bdf is None:
         return verdict
     fresh = guest.call("vtd.plug_open", cdev=_bind(guest, verdict, bdf, "after the reset"),
-                       dma_mask=DEFAULT_DMA_MASK, iova=VTD_IOVA_AFTER_RESET)  # fmt: skip
+                       dma_mask=DEFAULT_DMA_MASK, iova=int(params["reset_iova"]))  # fmt: skip
     if _vtd_dma(guest, verdict, fresh, "after the reset"):
         _vtd_stale_probe(guest, verdict, bdf)
     guest.call("vtd.plug_close")
