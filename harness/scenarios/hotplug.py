@@ -57,8 +57,7 @@ HOT_ID = "hotedu"
 PORT = "hotport0"
 #: the nested set-up's stage-1 mapping (smmuv3.binding_case: data slots 0 and 1)
 IOVA, GRANULE = 0x10_0000, 4096
-CASE: dict[str, Any] = {"kind": "s1", "label": "hotplug", "granule": GRANULE, "iova": IOVA,
-                        "asid": 1}  # fmt: skip
+CASE: dict[str, Any] = {"kind": "s1", "granule": GRANULE, "iova": IOVA, "asid": 1}
 #: after the reset, the fresh set-up maps another IOVA (parameter ``reset_iova``; the
 #: mutation test maps IOVA again, so the old IOVA's DMA lands); CASE's must then fault
 RESET_IOVA = 0x30_0000
@@ -71,13 +70,15 @@ AFTER_UNPLUG = {
     "vDEVICE for the removed device": "ENOENT",
     "destroy the nested HWPT": "success",
 }
-#: seconds for the guest to see a hot-added device, and for QEMU to finish an unplug
-#: (pciehp waits 5 s after the attention button before it powers the slot off)
-APPEAR_TIMEOUT = 60.0
 #: what vfio-pci prints when it asks its user to let a device being removed go, with a
 #: request eventfd ("Relaying device request to user") or without one (this harness)
 VFIO_REQUEST = re.compile(r"Relaying device request to user|No device request channel registered")
+#: seconds for the guest to see a hot-added device, and for QEMU to finish an unplug
+#: (pciehp waits 5 s after the attention button before it powers the slot off)
+APPEAR_TIMEOUT = 60.0
 UNPLUG_TIMEOUT = 90.0
+#: seconds the guest keeps the device after vfio-pci asked for it, before releasing it
+HOLD_S = 2.0
 
 HOTPLUG_SPEC = replace(SPEC, devices=("hotplug-port",))
 VTD_SPEC = GuestSpec(viommu="vtd", devices=("hotplug-port",))
@@ -168,6 +169,7 @@ def _unplug(
         log = str(guest.call("system.dmesg", since=mark))
         relayed = next((line for line in log.splitlines() if VFIO_REQUEST.search(line)), "")
         time.sleep(0.5)
+    time.sleep(HOLD_S)  # an unplug that did not wait for the release would be over by now
     deleted_early = bool(qmp.events("DEVICE_DELETED", since=since))
     verdict.add(
         Check.effect(
