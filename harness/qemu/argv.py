@@ -109,11 +109,12 @@ def build_argv(
 #: a CPU waiting on a cross-CPU TLB-flush IPI, then QEMU idle.  TCG offers no TSC-deadline
 #: timer (the guest's LAPIC timer runs one-shot), so ``-tsc-deadline`` does not apply;
 #: the suspect left is timer and IPI delivery to a vCPU halting in another host thread, a
-#: race that one thread running every vCPU cannot have.  Not reproduced here (0 stalls in
-#: 120 MTTCG boots of bench/timer_stall.py): this removes the suspected class of race, not
-#: a proven cause.  It is also faster on a busy 2-core host (agent ready 4.1 s against
-#: 5.0 s, 8 boots each); ``--qemu-arg=-accel --qemu-arg=tcg`` there gives MTTCG back, to
-#: compare.  arm64 keeps MTTCG.
+#: race that one thread running every vCPU cannot have.  Not reproduced here: 0 stalls in
+#: 300 MTTCG boots and 0 in 300 single-threaded ones (bench/timer_stall.py, the two loops
+#: at once): this removes the suspected class of race, not a proven cause.  It costs some
+#: boot time where host CPUs are free (agent ready 7.43 s against 6.91 s, medians of those
+#: 300 boots each); ``--qemu-arg=-accel --qemu-arg=tcg`` gives MTTCG back, to compare.
+#: arm64 keeps MTTCG.
 X86_TCG_ACCEL = "tcg,thread=single"
 
 
