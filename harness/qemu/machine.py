@@ -413,17 +413,26 @@ class QemuMachine:
         return self._lockup_scan[1]
 
     def _wedged(self, now: float) -> tuple[str, float] | None:
-        """``(reason, since)`` when the console shows a lockup and QEMU has gone idle."""
+        """``(reason, since)`` when the console shows a lockup and QEMU has gone idle.
+
+        A VM paused over QMP is idle from its STOP on: with a lockup on the console that is
+        reported as the wedge, from the STOP, not as a mere pause (which reached the hang
+        bound first or not, depending on when the CPU samples fell).
+        """
         window = self._idle_window()
         used = self._sample_cpu(now)
-        if used is None or used > IDLE_CPU_FRACTION * window:
+        paused = self._runstate_paused()
+        if paused is None and (used is None or used > IDLE_CPU_FRACTION * window):
             return None
         signature = self._console_lockup()
         if signature is None:
             return None
         kind, line = signature
-        idle = f"QEMU idle ({used:.2f}s CPU in {window:g}s)"
-        return f"{WEDGED}: {kind} on the console ({line!r}) and {idle}", now - window
+        if paused is not None:
+            idle, since = "QEMU idle (the VM is paused)", paused
+        else:
+            idle, since = f"QEMU idle ({used:.2f}s CPU in {window:g}s)", now - window
+        return f"{WEDGED}: {kind} on the console ({line!r}) and {idle}", since
 
     def stall(self) -> tuple[str, float] | None:
         """``(reason, since)`` while the guest is not running though QEMU is alive.
