@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 OK = "ok"
 BOGUS_ID = 0xFFFF_FF00
@@ -111,10 +111,8 @@ class Prediction:
     commit: Commit | None = None
     #: the call as the rule made it: (op, arguments with handles), for replays that shrink
     call: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ioctl(self) -> str:
-        return IOCTL[self.op]
+    #: the ioctl the step issues (coverage counts ioctl x outcome)
+    ioctl: str = ""
 
     def mismatch(self, observed: dict[str, Any]) -> str | None:
         """None when ``observed`` agrees with the prediction, else what differs."""
@@ -144,6 +142,9 @@ class ModelError(AssertionError):
 
 class Model:
     """One iommufd context as the fuzzer believes it to be."""
+
+    #: operation -> the ioctl it issues (a subclass adds its own operations)
+    ioctls: ClassVar[dict[str, str]] = IOCTL
 
     def __init__(self) -> None:
         self.objs: dict[int, Obj] = {}
@@ -241,6 +242,7 @@ class Model:
         fn: Callable[..., Prediction] = getattr(self, f"_op_{op}")
         pred = fn(**args)
         pred.call = {"op": op, "args": dict(args)}
+        pred.ioctl = self.ioctls[op]
         return pred
 
     def _p(

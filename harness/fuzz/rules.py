@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -125,453 +125,464 @@ class Run:
         )
 
 
-def make_machine(run: Run) -> type[RuleBasedStateMachine]:
-    """A state machine class bound to ``run`` (hypothesis instantiates it per example)."""
+class FuzzMachine(RuleBasedStateMachine):
+    """The plumbing every tier's rules share: one model and one guest session per example,
+    each step predicted, sent and judged (``_do``), the per-example oracles (``teardown``).
+    A subclass adds the rules and says which model it predicts with (``new_model``);
+    ``make_machine`` binds it to a ``Run``."""
 
-    class NestingMachine(RuleBasedStateMachine):
-        ioases = Bundle("ioases")
-        hwpts = Bundle("hwpts")
-        devices = Bundle("devices")
-        viommus = Bundle("viommus")
-        vdevices = Bundle("vdevices")
-        queues = Bundle("queues")
+    fuzz_run: ClassVar[Run]
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = Model()
-            self.trace: list[dict[str, Any]] = []
-            self.failed = False
-            self.started = False
-            now = time.monotonic()
-            if run.first_failure_at is not None:
-                if now - run.first_failure_at > run.shrink_limit:
-                    run.stopped = True
-                    raise BudgetSpent  # stop shrinking: the last failure raised is the best
-            elif run.deadline is not None and now > run.deadline:
-                run.stopped = True
-                raise BudgetSpent  # ends the hypothesis run without a verdict on anything
-            self.started = True
-            run.examples += 1
-            run.coverage.example_ended()
-            run.executor.begin()
+    @staticmethod
+    def new_model() -> Model:
+        return Model()
 
-        # --- plumbing -----------------------------------------------------------------
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = self.new_model()
+        self.trace: list[dict[str, Any]] = []
+        self.failed = False
+        self.started = False
+        now = time.monotonic()
+        if self.fuzz_run.first_failure_at is not None:
+            if now - self.fuzz_run.first_failure_at > self.fuzz_run.shrink_limit:
+                self.fuzz_run.stopped = True
+                raise BudgetSpent  # stop shrinking: the last failure raised is the best
+        elif self.fuzz_run.deadline is not None and now > self.fuzz_run.deadline:
+            self.fuzz_run.stopped = True
+            raise BudgetSpent  # ends the hypothesis run without a verdict on anything
+        self.started = True
+        self.fuzz_run.examples += 1
+        self.fuzz_run.coverage.example_ended()
+        self.fuzz_run.executor.begin()
 
-        def _do(self, rule_name: str, pred: Prediction) -> dict[str, Any] | None:
-            """Send one predicted step; the observation, or None when it was refused."""
-            entry: dict[str, Any] = {
-                "rule": rule_name,
-                "step": pred.wire,
-                "expect": {"outcome": pred.outcome, **pred.fields},
-                "call": pred.call,
-            }
-            before = self.model._next
-            self.trace.append(entry)
-            try:
-                obs = run.executor.step(pred.wire)
-            except AgentRemoteError as exc:  # the guest answered, with an executor exception
-                entry["mismatch"] = f"executor raised {exc.remote_type}: {exc.remote_message}"
-                self._fail(f"step {len(self.trace) - 1} ({pred.op}): {entry['mismatch']}")
-                raise  # not reached: _fail raises
-            except Exception as exc:
-                self.failed = True
-                raise GuestLostError(exc, self.trace) from exc
-            entry["got"] = obs
-            run.coverage.record(rule_name, pred.ioctl, str(obs.get("outcome")))
-            run.progress()
-            problem = pred.settle(obs)
-            entry["created"] = list(range(before, self.model._next))
-            if problem is not None:
-                entry["mismatch"] = problem
-                self._fail(f"step {len(self.trace) - 1} ({pred.op}): {problem}")
-            return obs if obs.get("outcome") == "ok" else None
+    # --- plumbing -----------------------------------------------------------------
 
-        def _fail(self, what: str, splat: str = "") -> None:
+    def _do(self, rule_name: str, pred: Prediction) -> dict[str, Any] | None:
+        """Send one predicted step; the observation, or None when it was refused."""
+        entry: dict[str, Any] = {
+            "rule": rule_name,
+            "step": pred.wire,
+            "expect": {"outcome": pred.outcome, **pred.fields},
+            "call": pred.call,
+        }
+        before = self.model._next
+        self.trace.append(entry)
+        try:
+            obs = self.fuzz_run.executor.step(pred.wire)
+        except AgentRemoteError as exc:  # the guest answered, with an executor exception
+            entry["mismatch"] = f"executor raised {exc.remote_type}: {exc.remote_message}"
+            self._fail(f"step {len(self.trace) - 1} ({pred.op}): {entry['mismatch']}")
+            raise  # not reached: _fail raises
+        except Exception as exc:
             self.failed = True
-            run.failures_seen += 1
-            if run.first_failure_at is None:
-                run.first_failure_at = time.monotonic()
-            failure = FuzzFailureError(what, self.trace, splat, self.model.open_queue_fds())
-            run.failure = failure
-            raise failure
+            raise GuestLostError(exc, self.trace) from exc
+        entry["got"] = obs
+        self.fuzz_run.coverage.record(rule_name, pred.ioctl, str(obs.get("outcome")))
+        self.fuzz_run.progress()
+        problem = pred.settle(obs)
+        entry["created"] = list(range(before, self.model._next))
+        if problem is not None:
+            entry["mismatch"] = problem
+            self._fail(f"step {len(self.trace) - 1} ({pred.op}): {problem}")
+        return obs if obs.get("outcome") == "ok" else None
 
-        def _created(self, rule_name: str, pred: Prediction) -> Any:
-            """Run an allocation; the new object's handle for the target bundle, or nothing."""
-            before = self.model._next
-            obs = self._do(rule_name, pred)
-            if obs is None:
-                return multiple()
-            new = [
-                h
-                for h in range(before, self.model._next)
-                if self.model.objs[h].kind != "HWPT_PAGING" or not self.model.objs[h].auto
-            ]
-            return multiple(*new)
+    def _fail(self, what: str, splat: str = "") -> None:
+        self.failed = True
+        self.fuzz_run.failures_seen += 1
+        if self.fuzz_run.first_failure_at is None:
+            self.fuzz_run.first_failure_at = time.monotonic()
+        failure = FuzzFailureError(what, self.trace, splat, self.model.open_queue_fds())
+        self.fuzz_run.failure = failure
+        raise failure
 
-        def teardown(self) -> None:
-            if not self.started:
-                return
-            try:
-                end = run.executor.end()
-            except Exception as exc:
-                if self.failed:
-                    return
-                raise GuestLostError(exc, self.trace) from exc
+    def _created(self, rule_name: str, pred: Prediction) -> Any:
+        """Run an allocation; the new object's handle for the target bundle, or nothing."""
+        before = self.model._next
+        obs = self._do(rule_name, pred)
+        if obs is None:
+            return multiple()
+        new = [
+            h
+            for h in range(before, self.model._next)
+            if self.model.objs[h].kind != "HWPT_PAGING" or not self.model.objs[h].auto
+        ]
+        return multiple(*new)
+
+    def teardown(self) -> None:
+        if not self.started:
+            return
+        try:
+            end = self.fuzz_run.executor.end()
+        except Exception as exc:
             if self.failed:
                 return
-            want = self.model.open_queue_fds()
-            if end.get("queue_fds") != want:
-                self._fail(
-                    f"open queue fds at the end: expected {want}, got {end.get('queue_fds')}"
-                )
-            if end.get("queue_fds_after_close"):
-                self._fail(f"{end['queue_fds_after_close']} queue fds left after closing them")
-            splats = klog.find_splats(str(end.get("dmesg", "")))
-            if splats:
-                self._fail(
-                    f"kernel {splats[0].kind}: {splats[0].first_line}",
-                    "\n\n".join(f"[{s.kind}] {s.text()}" for s in splats),
-                )
-
-        @invariant()
-        def attachments_are_live(self) -> None:
-            """Model self-check: every live device is attached to a live HWPT."""
-            for dev in self.model.live("DEVICE"):
-                assert dev.attached is not None and dev.attached.alive, dev
-
-        # --- choosing arguments -------------------------------------------------------
-
-        def _pick(self, data: st.DataObject, label: str, *kinds: str, stale: bool = True) -> int:
-            """A live handle of ``kinds`` mostly; sometimes any handle ever made (stale IDs)."""
-            live = [h for h in self.model.handles(*kinds, alive=True) if self._fits(h, label)]
-            anything = self.model.handles()
-            if live and (not stale or not anything or data.draw(st.integers(0, 9), label) < 9):
-                return data.draw(st.sampled_from(live), label)
-            return data.draw(st.sampled_from(anything or [0]), label)
-
-        def _fits(self, handle: int, label: str) -> bool:
-            obj = self.model.objs[handle]
-            if label == "nest parent":
-                return obj.kind == "VIOMMU" or (obj.nest_parent and not obj.auto)
-            if label == "queue":
-                return obj.fd_open
-            return True
-
-        def _has(self, *kinds: str) -> bool:
-            return bool(self.model.handles(*kinds, alive=True))
-
-        # --- IOAS ---------------------------------------------------------------------
-
-        @precondition(lambda self: len(self.model.live("IOAS")) < 3)
-        @rule(target=ioases)
-        def ioas_alloc(self) -> Any:
-            return self._created("ioas_alloc", self.model.predict("ioas_alloc"))
-
-        @precondition(lambda self: self._has("IOAS"))
-        @rule(data=st.data(), page=st.integers(0, PAGES - 1), npages=st.integers(1, 4))
-        def map(self, data: st.DataObject, page: int, npages: int) -> None:
-            ioas = self._pick(data, "ioas", "IOAS")
-            npages = min(npages, PAGES - page)
-            self._do("map", self.model.predict("map", ioas=ioas, page=page, npages=npages))
-
-        @precondition(lambda self: self._has("IOAS"))
-        @rule(data=st.data(), page=st.integers(0, PAGES - 1), npages=st.integers(1, 4))
-        def unmap(self, data: st.DataObject, page: int, npages: int) -> None:
-            ioas = self._pick(data, "ioas", "IOAS")
-            npages = min(npages, PAGES - page)
-            self._do("unmap", self.model.predict("unmap", ioas=ioas, page=page, npages=npages))
-
-        @precondition(lambda self: self._has("IOAS"))
-        @rule(data=st.data())
-        def unmap_all(self, data: st.DataObject) -> None:
-            ioas = self._pick(data, "ioas", "IOAS")
-            self._do("unmap_all", self.model.predict("unmap_all", ioas=ioas))
-
-        @precondition(lambda self: self._has("IOAS"))
-        @rule(
-            data=st.data(),
-            src_page=st.integers(0, PAGES - 1),
-            dst_page=st.integers(0, PAGES - 1),
-            npages=st.integers(1, 3),
-        )
-        def copy(self, data: st.DataObject, src_page: int, dst_page: int, npages: int) -> None:
-            src = self._pick(data, "src", "IOAS")
-            dst = self._pick(data, "dst", "IOAS")
-            npages = min(npages, PAGES - src_page, PAGES - dst_page)
-            pred = self.model.predict(
-                "copy", dst=dst, src=src, src_page=src_page, dst_page=dst_page, npages=npages
+            raise GuestLostError(exc, self.trace) from exc
+        if self.failed:
+            return
+        want = self.model.open_queue_fds()
+        if end.get("queue_fds") != want:
+            self._fail(f"open queue fds at the end: expected {want}, got {end.get('queue_fds')}")
+        if end.get("queue_fds_after_close"):
+            self._fail(f"{end['queue_fds_after_close']} queue fds left after closing them")
+        splats = klog.find_splats(str(end.get("dmesg", "")))
+        if splats:
+            self._fail(
+                f"kernel {splats[0].kind}: {splats[0].first_line}",
+                "\n\n".join(f"[{s.kind}] {s.text()}" for s in splats),
             )
-            self._do("copy", pred)
 
-        # --- devices ------------------------------------------------------------------
+    # --- choosing arguments -------------------------------------------------------
 
-        @precondition(lambda self: self._has("IOAS") and len(self.model.live("DEVICE")) < 4)
-        @rule(target=devices, data=st.data())
-        def mock_device(self, data: st.DataObject) -> Any:
-            pt = self._pick(data, "pt", "IOAS", "HWPT_PAGING", "HWPT_NESTED")
-            return self._created("mock_device", self.model.predict("mock_device", pt=pt))
+    def _pick(self, data: st.DataObject, label: str, *kinds: str, stale: bool = True) -> int:
+        """A live handle of ``kinds`` mostly; sometimes any handle ever made (stale IDs)."""
+        live = [h for h in self.model.handles(*kinds, alive=True) if self._fits(h, label)]
+        anything = self.model.handles()
+        if live and (not stale or not anything or data.draw(st.integers(0, 9), label) < 9):
+            return data.draw(st.sampled_from(live), label)
+        return data.draw(st.sampled_from(anything or [0]), label)
 
-        @precondition(lambda self: self._has("DEVICE"))
-        @rule(data=st.data())
-        def replace(self, data: st.DataObject) -> None:
-            dev = self._pick(data, "dev", "DEVICE")
-            pt = self._pick(data, "pt", "IOAS", "HWPT_PAGING", "HWPT_NESTED")
-            self._do("replace", self.model.predict("replace", dev=dev, pt=pt))
+    def _fits(self, handle: int, label: str) -> bool:
+        obj = self.model.objs[handle]
+        if label == "nest parent":
+            return obj.kind == "VIOMMU" or (obj.nest_parent and not obj.auto)
+        if label == "queue":
+            return obj.fd_open
+        return True
 
-        @rule(dev=devices, pt=st.one_of(ioases, hwpts, viommus, vdevices, queues, devices))
-        def replace_any(self, dev: int, pt: int) -> None:
-            self._do("replace_any", self.model.predict("replace", dev=dev, pt=pt))
+    def _has(self, *kinds: str) -> bool:
+        return bool(self.model.handles(*kinds, alive=True))
 
-        # --- HWPTs --------------------------------------------------------------------
 
-        @precondition(lambda self: self._has("DEVICE") and self._has("IOAS"))
-        @rule(target=hwpts, data=st.data(), nest_parent=st.booleans(), with_fault=st.booleans())
-        def hwpt_paging(self, data: st.DataObject, nest_parent: bool, with_fault: bool) -> Any:
-            dev = self._pick(data, "dev", "DEVICE")
-            ioas = self._pick(data, "ioas", "IOAS")
-            fault = self._pick(data, "fault", "FAULT") if with_fault and self._has("FAULT") else -1
-            pred = self.model.predict(
-                "hwpt_alloc", dev=dev, pt=ioas, nest_parent=nest_parent, data="none", fault=fault
+class NestingMachine(FuzzMachine):
+    """Tier 1: the nesting uAPI on the IOMMUFD_TEST mock."""
+
+    ioases = Bundle("ioases")
+    hwpts = Bundle("hwpts")
+    devices = Bundle("devices")
+    viommus = Bundle("viommus")
+    vdevices = Bundle("vdevices")
+    queues = Bundle("queues")
+
+    @invariant()
+    def attachments_are_live(self) -> None:
+        """Model self-check: every live device is attached to a live HWPT."""
+        for dev in self.model.live("DEVICE"):
+            assert dev.attached is not None and dev.attached.alive, dev
+
+    # --- IOAS ---------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.model.live("IOAS")) < 3)
+    @rule(target=ioases)
+    def ioas_alloc(self) -> Any:
+        return self._created("ioas_alloc", self.model.predict("ioas_alloc"))
+
+    @precondition(lambda self: self._has("IOAS"))
+    @rule(data=st.data(), page=st.integers(0, PAGES - 1), npages=st.integers(1, 4))
+    def map(self, data: st.DataObject, page: int, npages: int) -> None:
+        ioas = self._pick(data, "ioas", "IOAS")
+        npages = min(npages, PAGES - page)
+        self._do("map", self.model.predict("map", ioas=ioas, page=page, npages=npages))
+
+    @precondition(lambda self: self._has("IOAS"))
+    @rule(data=st.data(), page=st.integers(0, PAGES - 1), npages=st.integers(1, 4))
+    def unmap(self, data: st.DataObject, page: int, npages: int) -> None:
+        ioas = self._pick(data, "ioas", "IOAS")
+        npages = min(npages, PAGES - page)
+        self._do("unmap", self.model.predict("unmap", ioas=ioas, page=page, npages=npages))
+
+    @precondition(lambda self: self._has("IOAS"))
+    @rule(data=st.data())
+    def unmap_all(self, data: st.DataObject) -> None:
+        ioas = self._pick(data, "ioas", "IOAS")
+        self._do("unmap_all", self.model.predict("unmap_all", ioas=ioas))
+
+    @precondition(lambda self: self._has("IOAS"))
+    @rule(
+        data=st.data(),
+        src_page=st.integers(0, PAGES - 1),
+        dst_page=st.integers(0, PAGES - 1),
+        npages=st.integers(1, 3),
+    )
+    def copy(self, data: st.DataObject, src_page: int, dst_page: int, npages: int) -> None:
+        src = self._pick(data, "src", "IOAS")
+        dst = self._pick(data, "dst", "IOAS")
+        npages = min(npages, PAGES - src_page, PAGES - dst_page)
+        pred = self.model.predict(
+            "copy", dst=dst, src=src, src_page=src_page, dst_page=dst_page, npages=npages
+        )
+        self._do("copy", pred)
+
+    # --- devices ------------------------------------------------------------------
+
+    @precondition(lambda self: self._has("IOAS") and len(self.model.live("DEVICE")) < 4)
+    @rule(target=devices, data=st.data())
+    def mock_device(self, data: st.DataObject) -> Any:
+        pt = self._pick(data, "pt", "IOAS", "HWPT_PAGING", "HWPT_NESTED")
+        return self._created("mock_device", self.model.predict("mock_device", pt=pt))
+
+    @precondition(lambda self: self._has("DEVICE"))
+    @rule(data=st.data())
+    def replace(self, data: st.DataObject) -> None:
+        dev = self._pick(data, "dev", "DEVICE")
+        pt = self._pick(data, "pt", "IOAS", "HWPT_PAGING", "HWPT_NESTED")
+        self._do("replace", self.model.predict("replace", dev=dev, pt=pt))
+
+    @rule(dev=devices, pt=st.one_of(ioases, hwpts, viommus, vdevices, queues, devices))
+    def replace_any(self, dev: int, pt: int) -> None:
+        self._do("replace_any", self.model.predict("replace", dev=dev, pt=pt))
+
+    # --- HWPTs --------------------------------------------------------------------
+
+    @precondition(lambda self: self._has("DEVICE") and self._has("IOAS"))
+    @rule(target=hwpts, data=st.data(), nest_parent=st.booleans(), with_fault=st.booleans())
+    def hwpt_paging(self, data: st.DataObject, nest_parent: bool, with_fault: bool) -> Any:
+        dev = self._pick(data, "dev", "DEVICE")
+        ioas = self._pick(data, "ioas", "IOAS")
+        fault = self._pick(data, "fault", "FAULT") if with_fault and self._has("FAULT") else -1
+        pred = self.model.predict(
+            "hwpt_alloc", dev=dev, pt=ioas, nest_parent=nest_parent, data="none", fault=fault
+        )
+        return self._created("hwpt_paging", pred)
+
+    @precondition(lambda self: self._has("DEVICE") and self._has("HWPT_PAGING", "VIOMMU"))
+    @rule(
+        target=hwpts,
+        data=st.data(),
+        kind=st.sampled_from(["valid", "valid", "valid", *DATA_KINDS]),
+        with_fault=st.integers(0, 3),
+    )
+    def hwpt_nested(self, data: st.DataObject, kind: str, with_fault: int) -> Any:
+        dev = self._pick(data, "dev", "DEVICE")
+        parent = self._pick(data, "nest parent", "HWPT_PAGING", "VIOMMU")
+        fault = -1
+        if with_fault == 0 and self._has("FAULT"):
+            fault = self._pick(data, "fault", "FAULT")
+        pred = self.model.predict(
+            "hwpt_alloc", dev=dev, pt=parent, nest_parent=False, data=kind, fault=fault
+        )
+        return self._created("hwpt_nested", pred)
+
+    @rule(
+        target=hwpts,
+        dev=st.one_of(devices, ioases),
+        pt=st.one_of(vdevices, queues, devices, hwpts, viommus),
+        kind=st.sampled_from(DATA_KINDS),
+        nest_parent=st.booleans(),
+        fault=st.one_of(st.just(-1), queues, hwpts),
+    )
+    def hwpt_alloc_any(self, dev: int, pt: int, kind: str, nest_parent: bool, fault: int) -> Any:
+        pred = self.model.predict(
+            "hwpt_alloc", dev=dev, pt=pt, data=kind, nest_parent=nest_parent, fault=fault
+        )
+        return self._created("hwpt_alloc_any", pred)
+
+    # --- a nesting stack in one rule (deep states are otherwise rare) -----------------
+
+    @precondition(lambda self: self._has("DEVICE") and self._has("IOAS"))
+    @rule(
+        data=st.data(),
+        choices=st.lists(st.integers(0, 3), min_size=7, max_size=7),
+        virt_id=st.integers(0, 3),
+        depth=st.sampled_from([1, 2, 4]),
+    )
+    def nesting_stack(
+        self, data: st.DataObject, choices: list[int], virt_id: int, depth: int
+    ) -> None:
+        """Nest parent, vIOMMU, vDEVICE, vEVENTQ, nested HWPT, attach, vEVENT and read:
+        each taken with probability 3/4 (0 turns it off: where the shrinker goes)."""
+        parts = [c != 0 for c in choices]
+        m = self.model
+        dev = self._pick(data, "dev", "DEVICE", stale=False)
+
+        def made(rule_name: str, pred: Prediction) -> int | None:
+            before = m._next
+            self._do(rule_name, pred)
+            new = [h for h in range(before, m._next) if not m.objs[h].auto]
+            return new[0] if new else None
+
+        parent: int | None = None
+        if parts[0]:
+            ioas = self._pick(data, "ioas", "IOAS", stale=False)
+            parent = made(
+                "stack:nest_parent",
+                m.predict("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True, data="none"),
             )
-            return self._created("hwpt_paging", pred)
-
-        @precondition(lambda self: self._has("DEVICE") and self._has("HWPT_PAGING", "VIOMMU"))
-        @rule(
-            target=hwpts,
-            data=st.data(),
-            kind=st.sampled_from(["valid", "valid", "valid", *DATA_KINDS]),
-            with_fault=st.integers(0, 3),
-        )
-        def hwpt_nested(self, data: st.DataObject, kind: str, with_fault: int) -> Any:
-            dev = self._pick(data, "dev", "DEVICE")
-            parent = self._pick(data, "nest parent", "HWPT_PAGING", "VIOMMU")
-            fault = -1
-            if with_fault == 0 and self._has("FAULT"):
-                fault = self._pick(data, "fault", "FAULT")
-            pred = self.model.predict(
-                "hwpt_alloc", dev=dev, pt=parent, nest_parent=False, data=kind, fault=fault
+        elif parents := [h for h in m.handles("HWPT_PAGING", alive=True)
+                         if m.objs[h].nest_parent]:  # fmt: skip
+            parent = data.draw(st.sampled_from(parents), "parent")
+        viommu: int | None = None
+        if parent is not None and parts[1]:
+            viommu = made("stack:viommu", m.predict("viommu_alloc", dev=dev, hwpt=parent))
+        elif viommus := m.handles("VIOMMU", alive=True):
+            viommu = data.draw(st.sampled_from(viommus), "viommu")
+        if viommu is None:
+            return
+        if parts[2]:
+            made(
+                "stack:vdevice",
+                m.predict("vdevice_alloc", viommu=viommu, dev=dev, virt_id=virt_id),
             )
-            return self._created("hwpt_nested", pred)
-
-        @rule(
-            target=hwpts,
-            dev=st.one_of(devices, ioases),
-            pt=st.one_of(vdevices, queues, devices, hwpts, viommus),
-            kind=st.sampled_from(DATA_KINDS),
-            nest_parent=st.booleans(),
-            fault=st.one_of(st.just(-1), queues, hwpts),
-        )
-        def hwpt_alloc_any(
-            self, dev: int, pt: int, kind: str, nest_parent: bool, fault: int
-        ) -> Any:
-            pred = self.model.predict(
-                "hwpt_alloc", dev=dev, pt=pt, data=kind, nest_parent=nest_parent, fault=fault
+        if parts[3]:
+            made("stack:veventq", m.predict("veventq_alloc", viommu=viommu, depth=depth))
+        if parts[4]:
+            nested = made(
+                "stack:nested",
+                m.predict("hwpt_alloc", dev=dev, pt=viommu, data="valid"),
             )
-            return self._created("hwpt_alloc_any", pred)
+            if nested is not None and parts[5]:
+                self._do("stack:attach", m.predict("replace", dev=dev, pt=nested))
+        if parts[6]:
+            self._do("stack:vevent", m.predict("trigger_vevent", dev=dev))
+            queue = m.objs[viommu].veventq
+            if queue is not None and queue.fd_open:
+                self._do("stack:read", m.predict("read_vevents", queue=queue.handle))
 
-        # --- a nesting stack in one rule (deep states are otherwise rare) -----------------
+    # --- vIOMMU -------------------------------------------------------------------
 
-        @precondition(lambda self: self._has("DEVICE") and self._has("IOAS"))
-        @rule(
-            data=st.data(),
-            choices=st.lists(st.integers(0, 3), min_size=7, max_size=7),
-            virt_id=st.integers(0, 3),
-            depth=st.sampled_from([1, 2, 4]),
-        )
-        def nesting_stack(
-            self, data: st.DataObject, choices: list[int], virt_id: int, depth: int
-        ) -> None:
-            """Nest parent, vIOMMU, vDEVICE, vEVENTQ, nested HWPT, attach, vEVENT and read:
-            each taken with probability 3/4 (0 turns it off: where the shrinker goes)."""
-            parts = [c != 0 for c in choices]
-            m = self.model
-            dev = self._pick(data, "dev", "DEVICE", stale=False)
+    @precondition(lambda self: self._has("DEVICE") and self._has("HWPT_PAGING"))
+    @rule(target=viommus, data=st.data())
+    def viommu_alloc(self, data: st.DataObject) -> Any:
+        dev = self._pick(data, "dev", "DEVICE")
+        hwpt = self._pick(data, "nest parent", "HWPT_PAGING")
+        pred = self.model.predict("viommu_alloc", dev=dev, hwpt=hwpt)
+        return self._created("viommu_alloc", pred)
 
-            def made(rule_name: str, pred: Prediction) -> int | None:
-                before = m._next
-                self._do(rule_name, pred)
-                new = [h for h in range(before, m._next) if not m.objs[h].auto]
-                return new[0] if new else None
+    @precondition(lambda self: self._has("DEVICE") and self._has("VIOMMU"))
+    @rule(target=vdevices, data=st.data(), virt_id=st.integers(0, 3))
+    def vdevice_alloc(self, data: st.DataObject, virt_id: int) -> Any:
+        viommu = self._pick(data, "viommu", "VIOMMU")
+        dev = self._pick(data, "dev", "DEVICE")
+        pred = self.model.predict("vdevice_alloc", viommu=viommu, dev=dev, virt_id=virt_id)
+        return self._created("vdevice_alloc", pred)
 
-            parent: int | None = None
-            if parts[0]:
-                ioas = self._pick(data, "ioas", "IOAS", stale=False)
-                parent = made(
-                    "stack:nest_parent",
-                    m.predict("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True, data="none"),
-                )
-            elif parents := [h for h in m.handles("HWPT_PAGING", alive=True)
-                             if m.objs[h].nest_parent]:  # fmt: skip
-                parent = data.draw(st.sampled_from(parents), "parent")
-            viommu: int | None = None
-            if parent is not None and parts[1]:
-                viommu = made("stack:viommu", m.predict("viommu_alloc", dev=dev, hwpt=parent))
-            elif viommus := m.handles("VIOMMU", alive=True):
-                viommu = data.draw(st.sampled_from(viommus), "viommu")
-            if viommu is None:
-                return
-            if parts[2]:
-                made(
-                    "stack:vdevice",
-                    m.predict("vdevice_alloc", viommu=viommu, dev=dev, virt_id=virt_id),
-                )
-            if parts[3]:
-                made("stack:veventq", m.predict("veventq_alloc", viommu=viommu, depth=depth))
-            if parts[4]:
-                nested = made(
-                    "stack:nested",
-                    m.predict("hwpt_alloc", dev=dev, pt=viommu, data="valid"),
-                )
-                if nested is not None and parts[5]:
-                    self._do("stack:attach", m.predict("replace", dev=dev, pt=nested))
-            if parts[6]:
-                self._do("stack:vevent", m.predict("trigger_vevent", dev=dev))
-                queue = m.objs[viommu].veventq
-                if queue is not None and queue.fd_open:
-                    self._do("stack:read", m.predict("read_vevents", queue=queue.handle))
+    @precondition(lambda self: self._has("VIOMMU"))
+    @rule(target=queues, data=st.data(), depth=st.sampled_from([1, 2, 4, 0]))
+    def veventq_alloc(self, data: st.DataObject, depth: int) -> Any:
+        viommu = self._pick(data, "viommu", "VIOMMU")
+        pred = self.model.predict("veventq_alloc", viommu=viommu, depth=depth)
+        return self._created("veventq_alloc", pred)
 
-        # --- vIOMMU -------------------------------------------------------------------
+    @precondition(lambda self: len(self.model.live("FAULT")) < 2)
+    @rule(target=queues)
+    def fault_alloc(self) -> Any:
+        return self._created("fault_alloc", self.model.predict("fault_alloc"))
 
-        @precondition(lambda self: self._has("DEVICE") and self._has("HWPT_PAGING"))
-        @rule(target=viommus, data=st.data())
-        def viommu_alloc(self, data: st.DataObject) -> Any:
-            dev = self._pick(data, "dev", "DEVICE")
-            hwpt = self._pick(data, "nest parent", "HWPT_PAGING")
-            pred = self.model.predict("viommu_alloc", dev=dev, hwpt=hwpt)
-            return self._created("viommu_alloc", pred)
+    @rule(
+        viommu=st.one_of(viommus, hwpts, ioases, devices),
+        dev=st.one_of(devices, hwpts),
+        virt_id=st.integers(0, 3),
+        depth=st.sampled_from([1, 0, VEVENTQ_MAX_DEPTH + 1]),
+    )
+    def viommu_objects_any(self, viommu: int, dev: int, virt_id: int, depth: int) -> None:
+        """vIOMMU-side allocations with IDs of any type, live or stale."""
+        pred = self.model.predict("vdevice_alloc", viommu=viommu, dev=dev, virt_id=virt_id)
+        self._created("viommu_objects_any", pred)
+        pred = self.model.predict("veventq_alloc", viommu=viommu, depth=depth)
+        self._created("viommu_objects_any", pred)
+        pred = self.model.predict("viommu_alloc", dev=dev, hwpt=viommu)
+        self._created("viommu_objects_any", pred)
 
-        @precondition(lambda self: self._has("DEVICE") and self._has("VIOMMU"))
-        @rule(target=vdevices, data=st.data(), virt_id=st.integers(0, 3))
-        def vdevice_alloc(self, data: st.DataObject, virt_id: int) -> Any:
-            viommu = self._pick(data, "viommu", "VIOMMU")
-            dev = self._pick(data, "dev", "DEVICE")
-            pred = self.model.predict("vdevice_alloc", viommu=viommu, dev=dev, virt_id=virt_id)
-            return self._created("vdevice_alloc", pred)
+    # --- destroy ------------------------------------------------------------------
 
-        @precondition(lambda self: self._has("VIOMMU"))
-        @rule(target=queues, data=st.data(), depth=st.sampled_from([1, 2, 4, 0]))
-        def veventq_alloc(self, data: st.DataObject, depth: int) -> Any:
-            viommu = self._pick(data, "viommu", "VIOMMU")
-            pred = self.model.predict("veventq_alloc", viommu=viommu, depth=depth)
-            return self._created("veventq_alloc", pred)
+    @precondition(lambda self: bool(self.model.handles(alive=True)))
+    @rule(data=st.data(), as_device=st.integers(0, 4))
+    def destroy(self, data: st.DataObject, as_device: int) -> None:
+        obj = self._pick(data, "object", stale=False)
+        role = "DEVICE" if as_device == 0 else ""
+        self._do("destroy", self.model.predict("destroy", target=obj, role=role))
 
-        @precondition(lambda self: len(self.model.live("FAULT")) < 2)
-        @rule(target=queues)
-        def fault_alloc(self) -> Any:
-            return self._created("fault_alloc", self.model.predict("fault_alloc"))
+    @rule(obj=st.one_of(ioases, hwpts, devices, viommus, vdevices, queues))
+    def destroy_any(self, obj: int) -> None:
+        self._do("destroy_any", self.model.predict("destroy", target=obj))
 
-        @rule(
-            viommu=st.one_of(viommus, hwpts, ioases, devices),
-            dev=st.one_of(devices, hwpts),
-            virt_id=st.integers(0, 3),
-            depth=st.sampled_from([1, 0, VEVENTQ_MAX_DEPTH + 1]),
-        )
-        def viommu_objects_any(self, viommu: int, dev: int, virt_id: int, depth: int) -> None:
-            """vIOMMU-side allocations with IDs of any type, live or stale."""
-            pred = self.model.predict("vdevice_alloc", viommu=viommu, dev=dev, virt_id=virt_id)
-            self._created("viommu_objects_any", pred)
-            pred = self.model.predict("veventq_alloc", viommu=viommu, depth=depth)
-            self._created("viommu_objects_any", pred)
-            pred = self.model.predict("viommu_alloc", dev=dev, hwpt=viommu)
-            self._created("viommu_objects_any", pred)
+    # --- invalidation -------------------------------------------------------------
 
-        # --- destroy ------------------------------------------------------------------
-
-        @precondition(lambda self: bool(self.model.handles(alive=True)))
-        @rule(data=st.data(), as_device=st.integers(0, 4))
-        def destroy(self, data: st.DataObject, as_device: int) -> None:
-            obj = self._pick(data, "object", stale=False)
-            role = "DEVICE" if as_device == 0 else ""
-            self._do("destroy", self.model.predict("destroy", target=obj, role=role))
-
-        @rule(obj=st.one_of(ioases, hwpts, devices, viommus, vdevices, queues))
-        def destroy_any(self, obj: int) -> None:
-            self._do("destroy_any", self.model.predict("destroy", target=obj))
-
-        # --- invalidation -------------------------------------------------------------
-
-        @precondition(lambda self: self._has("HWPT_NESTED", "VIOMMU"))
-        @rule(
-            data=st.data(),
-            entry=st.sampled_from(["one", "one", "all", *ENTRY_KINDS]),
-            index=st.integers(0, 3),
-            matching=st.integers(0, 5),
-        )
-        def invalidate(self, data: st.DataObject, entry: str, index: int, matching: int) -> None:
-            obj = self._pick(data, "target", "HWPT_NESTED", "VIOMMU")
-            target = self.model.objs[obj]
-            data_type = "viommu" if target.kind == "VIOMMU" else "hwpt"
-            if not matching:
-                data_type = data.draw(st.sampled_from(["hwpt", "viommu", "badtype"]), "data type")
-            virt_ids = sorted(target.vdevs) or [0]
-            virt_id = data.draw(st.sampled_from([*virt_ids, 0, 3]), "virt_id")
-            pred = self.model.predict(
-                "invalidate", target=obj, data_type=data_type, entry=entry, index=index,
-                virt_id=virt_id,
-            )  # fmt: skip
-            self._do("invalidate", pred)
-
-        @rule(
-            obj=st.one_of(hwpts, viommus, ioases, devices),
-            data_type=st.sampled_from(["hwpt", "viommu", "badtype"]),
-            entry=st.sampled_from(ENTRY_KINDS),
-        )
-        def invalidate_any(self, obj: int, data_type: str, entry: str) -> None:
-            pred = self.model.predict("invalidate", target=obj, data_type=data_type, entry=entry)
-            self._do("invalidate_any", pred)
-
-        # --- events and faults --------------------------------------------------------
-
-        @precondition(lambda self: self._has("DEVICE"))
-        @rule(data=st.data())
-        def trigger_vevent(self, data: st.DataObject) -> None:
-            dev = self._pick(data, "dev", "DEVICE")
-            self._do("trigger_vevent", self.model.predict("trigger_vevent", dev=dev))
-
-        @precondition(lambda self: self._has("DEVICE"))
-        @rule(data=st.data())
-        def trigger_iopf(self, data: st.DataObject) -> None:
-            dev = self._pick(data, "dev", "DEVICE")
-            self._do("trigger_iopf", self.model.predict("trigger_iopf", dev=dev))
-
-        @precondition(lambda self: self.model.open_queue_fds() > 0)
-        @rule(data=st.data())
-        def read_queue(self, data: st.DataObject) -> None:
-            queue = self._pick(data, "queue", "VEVENTQ", "FAULT")
-            op = "read_vevents" if self.model.objs[queue].kind == "VEVENTQ" else "read_faults"
-            self._do(op, self.model.predict(op, queue=queue))
-
-        @precondition(lambda self: self.model.open_queue_fds() > 0)
-        @rule(data=st.data())
-        def close_fd(self, data: st.DataObject) -> None:
-            queue = self._pick(data, "queue", "VEVENTQ", "FAULT")
-            self._do("close_fd", self.model.predict("close_fd", queue=queue))
-
-        # --- IDs that name nothing ----------------------------------------------------
-
-        @precondition(lambda self: self._has("DEVICE"))
-        @rule(
-            op=st.sampled_from(
-                ["map", "unmap_all", "mock_device", "destroy", "viommu_alloc", "veventq_alloc",
-                 "invalidate", "trigger_vevent", "trigger_iopf", "hwpt_alloc", "replace"]
-            ),
-            dev=devices,
+    @precondition(lambda self: self._has("HWPT_NESTED", "VIOMMU"))
+    @rule(
+        data=st.data(),
+        entry=st.sampled_from(["one", "one", "all", *ENTRY_KINDS]),
+        index=st.integers(0, 3),
+        matching=st.integers(0, 5),
+    )
+    def invalidate(self, data: st.DataObject, entry: str, index: int, matching: int) -> None:
+        obj = self._pick(data, "target", "HWPT_NESTED", "VIOMMU")
+        target = self.model.objs[obj]
+        data_type = "viommu" if target.kind == "VIOMMU" else "hwpt"
+        if not matching:
+            data_type = data.draw(st.sampled_from(["hwpt", "viommu", "badtype"]), "data type")
+        virt_ids = sorted(target.vdevs) or [0]
+        virt_id = data.draw(st.sampled_from([*virt_ids, 0, 3]), "virt_id")
+        pred = self.model.predict(
+            "invalidate", target=obj, data_type=data_type, entry=entry, index=index,
+            virt_id=virt_id,
         )  # fmt: skip
-        def bogus_id(self, op: str, dev: int) -> None:
-            table: dict[str, dict[str, Any]] = {
-                "map": {"ioas": None, "page": 0, "npages": 1},
-                "unmap_all": {"ioas": None},
-                "mock_device": {"pt": None},
-                "destroy": {"target": None},
-                "viommu_alloc": {"dev": dev, "hwpt": None},
-                "veventq_alloc": {"viommu": None, "depth": 1},
-                "invalidate": {"target": None, "data_type": "hwpt", "entry": "one"},
-                "trigger_vevent": {"dev": None},
-                "trigger_iopf": {"dev": None},
-                "hwpt_alloc": {"dev": dev, "pt": None},
-                "replace": {"dev": dev, "pt": None},
-            }
-            args = table[op]
-            self._created("bogus_id", self.model.predict(op, **args))
+        self._do("invalidate", pred)
 
-    return NestingMachine
+    @rule(
+        obj=st.one_of(hwpts, viommus, ioases, devices),
+        data_type=st.sampled_from(["hwpt", "viommu", "badtype"]),
+        entry=st.sampled_from(ENTRY_KINDS),
+    )
+    def invalidate_any(self, obj: int, data_type: str, entry: str) -> None:
+        pred = self.model.predict("invalidate", target=obj, data_type=data_type, entry=entry)
+        self._do("invalidate_any", pred)
+
+    # --- events and faults --------------------------------------------------------
+
+    @precondition(lambda self: self._has("DEVICE"))
+    @rule(data=st.data())
+    def trigger_vevent(self, data: st.DataObject) -> None:
+        dev = self._pick(data, "dev", "DEVICE")
+        self._do("trigger_vevent", self.model.predict("trigger_vevent", dev=dev))
+
+    @precondition(lambda self: self._has("DEVICE"))
+    @rule(data=st.data())
+    def trigger_iopf(self, data: st.DataObject) -> None:
+        dev = self._pick(data, "dev", "DEVICE")
+        self._do("trigger_iopf", self.model.predict("trigger_iopf", dev=dev))
+
+    @precondition(lambda self: self.model.open_queue_fds() > 0)
+    @rule(data=st.data())
+    def read_queue(self, data: st.DataObject) -> None:
+        queue = self._pick(data, "queue", "VEVENTQ", "FAULT")
+        op = "read_vevents" if self.model.objs[queue].kind == "VEVENTQ" else "read_faults"
+        self._do(op, self.model.predict(op, queue=queue))
+
+    @precondition(lambda self: self.model.open_queue_fds() > 0)
+    @rule(data=st.data())
+    def close_fd(self, data: st.DataObject) -> None:
+        queue = self._pick(data, "queue", "VEVENTQ", "FAULT")
+        self._do("close_fd", self.model.predict("close_fd", queue=queue))
+
+    # --- IDs that name nothing ----------------------------------------------------
+
+    @precondition(lambda self: self._has("DEVICE"))
+    @rule(
+        op=st.sampled_from(
+            ["map", "unmap_all", "mock_device", "destroy", "viommu_alloc", "veventq_alloc",
+             "invalidate", "trigger_vevent", "trigger_iopf", "hwpt_alloc", "replace"]
+        ),
+        dev=devices,
+    )  # fmt: skip
+    def bogus_id(self, op: str, dev: int) -> None:
+        table: dict[str, dict[str, Any]] = {
+            "map": {"ioas": None, "page": 0, "npages": 1},
+            "unmap_all": {"ioas": None},
+            "mock_device": {"pt": None},
+            "destroy": {"target": None},
+            "viommu_alloc": {"dev": dev, "hwpt": None},
+            "veventq_alloc": {"viommu": None, "depth": 1},
+            "invalidate": {"target": None, "data_type": "hwpt", "entry": "one"},
+            "trigger_vevent": {"dev": None},
+            "trigger_iopf": {"dev": None},
+            "hwpt_alloc": {"dev": dev, "pt": None},
+            "replace": {"dev": dev, "pt": None},
+        }
+        args = table[op]
+        self._created("bogus_id", self.model.predict(op, **args))
+
+
+def make_machine(run: Run, rules: type[FuzzMachine] = NestingMachine) -> type[FuzzMachine]:
+    """``rules`` bound to ``run`` (hypothesis instantiates the class once per example)."""
+    return type(rules.__name__, (rules,), {"fuzz_run": run})
