@@ -125,6 +125,15 @@ class Run:
         )
 
 
+#: handles of the objects the rules made (hypothesis bundles, shared by every tier's rules)
+ioases = Bundle("ioases")
+hwpts = Bundle("hwpts")
+devices = Bundle("devices")
+viommus = Bundle("viommus")
+vdevices = Bundle("vdevices")
+queues = Bundle("queues")
+
+
 class FuzzMachine(RuleBasedStateMachine):
     """The plumbing every tier's rules share: one model and one guest session per example,
     each step predicted, sent and judged (``_do``), the per-example oracles (``teardown``).
@@ -218,8 +227,11 @@ class FuzzMachine(RuleBasedStateMachine):
             if self.failed:
                 return
             raise GuestLostError(exc, self.trace) from exc
-        if self.failed:
-            return
+        if not self.failed:
+            self.check_end(end)
+
+    def check_end(self, end: dict[str, Any]) -> None:
+        """The per-example oracles on what the guest's ``end`` reported (a tier adds its own)."""
         want = self.model.open_queue_fds()
         if end.get("queue_fds") != want:
             self._fail(f"open queue fds at the end: expected {want}, got {end.get('queue_fds')}")
@@ -254,21 +266,8 @@ class FuzzMachine(RuleBasedStateMachine):
         return bool(self.model.handles(*kinds, alive=True))
 
 
-class NestingMachine(FuzzMachine):
-    """Tier 1: the nesting uAPI on the IOMMUFD_TEST mock."""
-
-    ioases = Bundle("ioases")
-    hwpts = Bundle("hwpts")
-    devices = Bundle("devices")
-    viommus = Bundle("viommus")
-    vdevices = Bundle("vdevices")
-    queues = Bundle("queues")
-
-    @invariant()
-    def attachments_are_live(self) -> None:
-        """Model self-check: every live device is attached to a live HWPT."""
-        for dev in self.model.live("DEVICE"):
-            assert dev.attached is not None and dev.attached.alive, dev
+class CommonRules(FuzzMachine):
+    """Rules every tier has: IOAS mappings, fault queues, queue reads and closes, destroy."""
 
     # --- IOAS ---------------------------------------------------------------------
 
@@ -312,6 +311,49 @@ class NestingMachine(FuzzMachine):
             "copy", dst=dst, src=src, src_page=src_page, dst_page=dst_page, npages=npages
         )
         self._do("copy", pred)
+
+    # --- queues --------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.model.live("FAULT")) < 2)
+    @rule(target=queues)
+    def fault_alloc(self) -> Any:
+        return self._created("fault_alloc", self.model.predict("fault_alloc"))
+
+    @precondition(lambda self: self.model.open_queue_fds() > 0)
+    @rule(data=st.data())
+    def read_queue(self, data: st.DataObject) -> None:
+        queue = self._pick(data, "queue", "VEVENTQ", "FAULT")
+        op = "read_vevents" if self.model.objs[queue].kind == "VEVENTQ" else "read_faults"
+        self._do(op, self.model.predict(op, queue=queue))
+
+    @precondition(lambda self: self.model.open_queue_fds() > 0)
+    @rule(data=st.data())
+    def close_fd(self, data: st.DataObject) -> None:
+        queue = self._pick(data, "queue", "VEVENTQ", "FAULT")
+        self._do("close_fd", self.model.predict("close_fd", queue=queue))
+
+    # --- destroy ------------------------------------------------------------------
+
+    @precondition(lambda self: bool(self.model.handles(alive=True)))
+    @rule(data=st.data(), as_device=st.integers(0, 4))
+    def destroy(self, data: st.DataObject, as_device: int) -> None:
+        obj = self._pick(data, "object", stale=False)
+        role = "DEVICE" if as_device == 0 else ""
+        self._do("destroy", self.model.predict("destroy", target=obj, role=role))
+
+    @rule(obj=st.one_of(ioases, hwpts, devices, viommus, vdevices, queues))
+    def destroy_any(self, obj: int) -> None:
+        self._do("destroy_any", self.model.predict("destroy", target=obj))
+
+
+class NestingMachine(CommonRules):
+    """Tier 1: the nesting uAPI on the IOMMUFD_TEST mock."""
+
+    @invariant()
+    def attachments_are_live(self) -> None:
+        """Model self-check: every live device is attached to a live HWPT."""
+        for dev in self.model.live("DEVICE"):
+            assert dev.attached is not None and dev.attached.alive, dev
 
     # --- devices ------------------------------------------------------------------
 
@@ -463,11 +505,6 @@ class NestingMachine(FuzzMachine):
         pred = self.model.predict("veventq_alloc", viommu=viommu, depth=depth)
         return self._created("veventq_alloc", pred)
 
-    @precondition(lambda self: len(self.model.live("FAULT")) < 2)
-    @rule(target=queues)
-    def fault_alloc(self) -> Any:
-        return self._created("fault_alloc", self.model.predict("fault_alloc"))
-
     @rule(
         viommu=st.one_of(viommus, hwpts, ioases, devices),
         dev=st.one_of(devices, hwpts),
@@ -482,19 +519,6 @@ class NestingMachine(FuzzMachine):
         self._created("viommu_objects_any", pred)
         pred = self.model.predict("viommu_alloc", dev=dev, hwpt=viommu)
         self._created("viommu_objects_any", pred)
-
-    # --- destroy ------------------------------------------------------------------
-
-    @precondition(lambda self: bool(self.model.handles(alive=True)))
-    @rule(data=st.data(), as_device=st.integers(0, 4))
-    def destroy(self, data: st.DataObject, as_device: int) -> None:
-        obj = self._pick(data, "object", stale=False)
-        role = "DEVICE" if as_device == 0 else ""
-        self._do("destroy", self.model.predict("destroy", target=obj, role=role))
-
-    @rule(obj=st.one_of(ioases, hwpts, devices, viommus, vdevices, queues))
-    def destroy_any(self, obj: int) -> None:
-        self._do("destroy_any", self.model.predict("destroy", target=obj))
 
     # --- invalidation -------------------------------------------------------------
 
@@ -541,19 +565,6 @@ class NestingMachine(FuzzMachine):
     def trigger_iopf(self, data: st.DataObject) -> None:
         dev = self._pick(data, "dev", "DEVICE")
         self._do("trigger_iopf", self.model.predict("trigger_iopf", dev=dev))
-
-    @precondition(lambda self: self.model.open_queue_fds() > 0)
-    @rule(data=st.data())
-    def read_queue(self, data: st.DataObject) -> None:
-        queue = self._pick(data, "queue", "VEVENTQ", "FAULT")
-        op = "read_vevents" if self.model.objs[queue].kind == "VEVENTQ" else "read_faults"
-        self._do(op, self.model.predict(op, queue=queue))
-
-    @precondition(lambda self: self.model.open_queue_fds() > 0)
-    @rule(data=st.data())
-    def close_fd(self, data: st.DataObject) -> None:
-        queue = self._pick(data, "queue", "VEVENTQ", "FAULT")
-        self._do("close_fd", self.model.predict("close_fd", queue=queue))
 
     # --- IDs that name nothing ----------------------------------------------------
 
