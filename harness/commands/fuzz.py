@@ -1,12 +1,13 @@
 """``harness fuzz``: boot one guest and fuzz the nesting uAPI in it until a budget ends.
 
-``--tier 1`` is the IOMMUFD_TEST mock (both arches).  The debug kernel flavor is used by
-default when it is built (``images build --kernel-flavor debug``); otherwise the default
-kernel, with a message saying so.  The example database lives under the harness cache
-(``fuzz/<arch>-tier<N>``) so a rerun replays saved failures first; the seed is printed
-and recorded.  A failure leaves ``fuzz-failure.json``, ``fuzz-repro.py`` and a repro
-bundle (``harness repro DIR``) in the artifacts directory.  Exit status 0 when nothing
-was found, 1 when something was.
+``--tier 1`` is the IOMMUFD_TEST mock (both arches); ``--tier 2`` the edu device behind
+QEMU's SMMUv3 (arm64), whose ID registers the host reads over QMP for the model.  The
+debug kernel flavor is used by default when it is built (``images build --kernel-flavor
+debug``); otherwise the default kernel, with a message saying so.  The example database
+lives under the harness cache (``fuzz/<arch>-tier<N>``) so a rerun replays saved failures
+first; the seed is printed and recorded.  A failure leaves ``fuzz-failure.json``,
+``fuzz-repro.py`` and a repro bundle (``harness repro DIR``) in the artifacts directory.
+Exit status 0 when nothing was found, 1 when something was.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,18 @@ from harness.cachedir import cache_dir
 from harness.errors import ConfigError, HarnessError
 from harness.fuzz import replay as fuzz_replay
 from harness.fuzz import reproducer
+from harness.fuzz.rules import FuzzMachine, NestingMachine
 from harness.fuzz.runner import CHUNK, STEPS_PER_EXAMPLE, GuestExecutor, fuzz
+from harness.fuzz.smmuv3_model import SmmuFacts
+from harness.fuzz.smmuv3_rules import SmmuMachine
 from harness.guest import Guest
-from harness.scenarios.base import Prepared
+from harness.qemu.viommu_regs import Reader, find_viommus, read_smmu_id_regs, smmu_active_errors
+from harness.scenarios.base import Prepared, Verdict
 from harness.scenarios.guest.fuzz import PLANTS
-from harness.scenarios.runner import new_seed, prepare_machine
+from harness.scenarios.runner import PREPARE_HOOKS, new_seed, prepare_machine
+from harness.scenarios.smmuv3 import bind_edu
 from harness.scenarios.tier1 import preflight
+from harness.smmuv3.registers import decode_id_regs
 
 SUMMARY = "fuzz-summary.json"
 _UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -99,13 +107,16 @@ def run_fuzz(
 ) -> dict[str, Any]:
     """Boot, fuzz, write the summary (and a failure's reproducer); the summary."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if tier != 1:
-        raise ConfigError("--tier 2 (emulated SMMUv3) is not implemented yet; use --tier 1")
-    if plant is not None and plant not in PLANTS:
-        raise ConfigError(f"--plant {plant!r}: known plants are {', '.join(PLANTS)}")
-    scenario = fuzz_replay_scenario()
+    if tier == 2 and arch != "arm64":
+        raise ConfigError(f"--tier 2 is QEMU's SMMUv3 with nesting: arm64 only, not {arch}")
+    if plant is not None and (tier != 1 or plant not in PLANTS):
+        raise ConfigError(f"--plant {plant!r}: tier 1's plants are {', '.join(PLANTS)}")
+    name = fuzz_replay.NAME if tier == 1 else fuzz_replay.NAME_SMMUV3
+    scenario = fuzz_replay.get_registered(name)
     kernel, flavor = choose_kernel(arch, kernel_flavor, log)
     prepared: Prepared = prepare_machine(scenario, arch, qemu=qemu, accel=accel, kernel=kernel)
+    if (hook := PREPARE_HOOKS.get(name)) is not None:
+        prepared = hook(prepared, log)
     artifacts = artifacts or new_artifacts_dir(f"fuzz-{arch}-tier{tier}")
     artifacts.mkdir(parents=True, exist_ok=True)
     database = database or cache_dir("fuzz") / f"{arch}-tier{tier}"
@@ -114,20 +125,30 @@ def run_fuzz(
     guest = Guest(prepared.machine, artifacts, ready_marker=prepared.ready_marker,
                   qemu=prepared.binary, name="fuzz")  # fmt: skip
     with guest:
-        preflight(guest)
-        executor = GuestExecutor(guest, plant)
+        cdev: str | None = None
+        rules: type[FuzzMachine] = NestingMachine
+        facts: dict[str, Any] = {}
+        if tier == 1:
+            preflight(guest)
+            executor = GuestExecutor(guest, plant)
+        else:
+            cdev, facts, hw_state = tier2_setup(guest)
+            rules = SmmuMachine
+            executor = GuestExecutor(guest, cdev=cdev, hw_state=hw_state)
         result = fuzz(executor, budget=budget, seed=seed, database=database, steps=steps,
-                      chunk=CHUNK, log=log)  # fmt: skip
+                      chunk=CHUNK, log=log, rules=rules, facts=facts)  # fmt: skip
         summary = result.summary()
         summary.update(
             arch=arch, tier=tier, kernel_flavor=flavor, plant=plant, accel=guest.vm.accel,
             artifacts=str(artifacts), database=str(database),
         )  # fmt: skip
+        if facts:
+            summary["smmu_id_regs"] = {k: hex(v) for k, v in facts["facts"].raw.items()}
         found = result.failure or result.lost
         if found is not None:
             written = reproducer.write(
                 found, artifacts, plant=plant, prepared=prepared, guest=guest,
-                open_fds=getattr(found, "open_fds", 0),
+                open_fds=getattr(found, "open_fds", 0), cdev=cdev,
             )  # fmt: skip
             summary["reproducer"] = {k: str(v) for k, v in written.items()}
             summary["reproducer_steps"] = len(found.trace)
@@ -136,9 +157,27 @@ def run_fuzz(
     return summary
 
 
-def fuzz_replay_scenario() -> Any:
-    """The ``fuzz-replay`` scenario whose machine the fuzzer boots."""
-    return fuzz_replay.get_registered()
+def tier2_setup(guest: Guest) -> tuple[str, dict[str, Any], Callable[[], dict[str, Any]]]:
+    """Bind edu to vfio-pci; (its cdev, the SMMU's ID registers read over QMP as the
+    model's facts, a reader of the SMMU's active global errors for after each example)."""
+    setup = Verdict("fuzz tier 2 set-up")
+    bound = bind_edu(guest, setup)
+    if bound is None:
+        raise HarnessError(
+            "tier 2 set-up failed: " + "; ".join(f"{c.name}: {c.got}" for c in setup.failures)
+        )
+    assert guest.vm.qmp is not None
+    reader = Reader(guest.vm.qmp)
+    windows = [w for w in find_viommus(guest.vm.qmp) if w.kind == "smmuv3"]
+    if not windows:
+        raise HarnessError("tier 2: no SMMUv3 register window in the machine's memory map")
+    raw = read_smmu_id_regs(reader, windows[0])
+    facts = SmmuFacts(decode_id_regs(raw), raw)
+
+    def hw_state() -> dict[str, Any]:
+        return {"gerror_active": smmu_active_errors(reader, windows[0])}
+
+    return bound[1], {"facts": facts}, hw_state
 
 
 def report(summary: dict[str, Any]) -> str:

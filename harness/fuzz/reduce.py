@@ -14,6 +14,7 @@ loses the failure.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from harness.fuzz.model import Model
@@ -33,13 +34,15 @@ class _InvalidError(Exception):
     """The subset uses an object that none of its steps created."""
 
 
-def replay(executor: Any, steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+def replay(
+    executor: Any, steps: list[dict[str, Any]], new_model: Callable[[], Model] = Model
+) -> list[dict[str, Any]] | None:
     """Replay ``steps`` (trace entries with ``call`` and ``created``) on a fresh session.
 
     Returns the new trace up to the first disagreement (its last entry has ``mismatch``),
     the whole trace when every step agreed, or None when the subset is not replayable.
     """
-    model = Model()
+    model = new_model()
     handles: dict[int, int] = {}
     trace: list[dict[str, Any]] = []
     executor.begin()
@@ -80,7 +83,11 @@ def replay(executor: Any, steps: list[dict[str, Any]]) -> list[dict[str, Any]] |
 
 
 def reduce_trace(
-    executor: Any, trace: list[dict[str, Any]], *, budget: float = 120.0
+    executor: Any,
+    trace: list[dict[str, Any]],
+    *,
+    budget: float = 120.0,
+    new_model: Callable[[], Model] = Model,
 ) -> list[dict[str, Any]]:
     """The smallest replayable subset of ``trace`` that fails the same way (ddmin)."""
     if not trace or not trace[-1].get("mismatch") or "call" not in trace[-1]:
@@ -90,7 +97,7 @@ def reduce_trace(
     best = trace
 
     def fails(candidate: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        result = replay(executor, candidate)
+        result = replay(executor, candidate, new_model)
         if result and result[-1].get("mismatch") and signature(result[-1]) == want:
             return result
         return None

@@ -1,6 +1,7 @@
-"""``fuzz-replay``: a registered scenario that replays a shrunk fuzz example.
+"""``fuzz-replay`` (tier 1) and ``fuzz-replay-smmuv3`` (tier 2): registered scenarios that
+replay a shrunk fuzz example, and whose machines the fuzzer boots.
 
-A fuzz failure's repro bundle is an ordinary scenario bundle of this scenario whose
+A fuzz failure's repro bundle is an ordinary scenario bundle of one of them whose
 params hold the steps (``{"op", "args"}`` with the kernel IDs they used), what the model
 predicted for each, and the planted bug if any; so ``harness repro BUNDLE`` (and
 ``--keep``) replay it unchanged.  The verdict has one effect row per step (the model's
@@ -14,12 +15,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.guest import Guest
+from harness.scenarios import smmuv3
 from harness.scenarios.base import EFFECT, Check, GuestSpec, Verdict, scenario
+from harness.scenarios.runner import prepare_hook
 from harness.scenarios.tier1 import ARCHES, preflight
 
 NAME = "fuzz-replay"
+NAME_SMMUV3 = "fuzz-replay-smmuv3"
 #: tier 1: no vIOMMU, no device (the mock provides both)
 SPEC = GuestSpec(viommu=None, devices=())
+#: tier 2: QEMU's SMMUv3 (nested) with edu, the IORT claiming CANWBS (as smmuv3-* scenarios)
+prepare_hook(NAME_SMMUV3)(smmuv3.apply_iort_override)
 
 
 def step_label(index: int, step: Mapping[str, Any]) -> str:
@@ -28,9 +34,14 @@ def step_label(index: int, step: Mapping[str, Any]) -> str:
     return f"step {index}: {step['op']}({args})"
 
 
-def judge(steps: Sequence[Mapping[str, Any]], answer: Mapping[str, Any], open_fds: int) -> Verdict:
+def judge(
+    steps: Sequence[Mapping[str, Any]],
+    answer: Mapping[str, Any],
+    open_fds: int,
+    verdict: Verdict | None = None,
+) -> Verdict:
     """Rows comparing each recorded prediction with the replayed answer."""
-    verdict = Verdict(NAME)
+    verdict = verdict or Verdict(NAME)
     answers = list(answer.get("answers", []))
     for i, (recorded, got) in enumerate(zip(steps, answers, strict=False)):
         expect = dict(recorded["expect"])
@@ -61,8 +72,27 @@ def fuzz_replay(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     return verdict
 
 
-def get_registered() -> Any:
-    """The registered ``fuzz-replay`` scenario (this module registers it on import)."""
+@scenario(
+    NAME_SMMUV3, tier=2, arches=("arm64",), guest=lambda arch: smmuv3.SPEC, viommu="smmuv3",
+    defaults={"steps": []},
+)  # fmt: skip
+def fuzz_replay_smmuv3(guest: Guest, params: Mapping[str, Any]) -> Verdict:
+    """Replay a shrunk tier-2 fuzz example on the edu device's VFIO cdev."""
+    verdict = Verdict(NAME_SMMUV3)
+    bound = smmuv3.bind_edu(guest, verdict)
+    if bound is None:
+        return verdict
+    steps = list(params.get("steps") or [])
+    answer = guest.call(
+        "fuzz_smmuv3.run", timeout=600, steps=[s["step"] for s in steps], cdev=bound[1]
+    )
+    judge(steps, answer, int(params.get("open_fds", 0)), verdict)
+    verdict.facts["failure"] = params.get("failure", "")
+    return verdict
+
+
+def get_registered(name: str = NAME) -> Any:
+    """A registered replay scenario (this module registers both on import)."""
     from harness.scenarios.base import REGISTRY
 
-    return REGISTRY[NAME]
+    return REGISTRY[name]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import repro
-from harness.fuzz.replay import NAME, get_registered, step_label
+from harness.fuzz.replay import NAME, NAME_SMMUV3, get_registered, step_label
 from harness.fuzz.rules import FuzzFailureError, GuestLostError
 from harness.guest import Guest
 from harness.scenarios.base import Check, Prepared, Verdict
@@ -44,14 +44,14 @@ roots = [os.environ.get("HARNESS_PATH", "")] + sorted(
 )
 sys.path.insert(0, next(r for r in roots if r and os.path.isdir(os.path.join(r, "harness"))))
 
-from harness.scenarios.guest.fuzz import Session  # noqa: E402
+{session_import}  # noqa: E402
 
 PLANT = {plant!r}
 STEPS = json.loads(r"""
 {steps}
 """)
 
-session = Session(PLANT)
+session = {session_new}
 status = 0
 try:
     for i, s in enumerate(STEPS):
@@ -97,10 +97,24 @@ def failure_report(failure: FuzzFailureError | GuestLostError) -> dict[str, Any]
     return report
 
 
-def script_text(failure: FuzzFailureError | GuestLostError, plant: str | None, bundle: str) -> str:
-    """The standalone reproducer script."""
+def script_text(
+    failure: FuzzFailureError | GuestLostError,
+    plant: str | None,
+    bundle: str,
+    cdev: str | None = None,
+) -> str:
+    """The standalone reproducer script (``cdev``: tier 2's session on that VFIO cdev,
+    which the replay scenario binds to vfio-pci first)."""
     steps = [{**s["step"], "expect": s["expect"]} for s in failure.trace]
+    if cdev is None:
+        session_import = "from harness.scenarios.guest.fuzz import Session"
+        session_new = "Session(PLANT)"
+    else:
+        session_import = "from harness.scenarios.guest.fuzz_smmuv3 import SmmuSession"
+        session_new = f"SmmuSession({cdev!r}, PLANT)"
     return _TEMPLATE.format(
+        session_import=session_import,
+        session_new=session_new,
         title=f"{len(steps)} steps",
         what=str(failure).replace('"""', "'''"),
         bundle=bundle,
@@ -118,6 +132,7 @@ def write(
     prepared: Prepared | None = None,
     guest: Guest | None = None,
     open_fds: int = 0,
+    cdev: str | None = None,
 ) -> dict[str, Path]:
     """Write the report, the script and (given the booted configuration) the bundle."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -128,7 +143,7 @@ def write(
     written["report"] = path
     bundle_path = directory / repro.BUNDLE_FILE
     script = directory / SCRIPT
-    script.write_text(script_text(failure, plant, str(bundle_path)))
+    script.write_text(script_text(failure, plant, str(bundle_path), cdev))
     script.chmod(0o755)
     written["script"] = script
     if prepared is not None:
@@ -139,9 +154,10 @@ def write(
             "failure": str(failure),
             "seed": 0,
         }
-        verdict = Verdict(NAME)
+        scenario = get_registered(NAME if cdev is None else NAME_SMMUV3)
+        verdict = Verdict(scenario.name)
         verdict.add(Check("fuzz example", "as the model predicts", str(failure), False))
-        bundle = repro.scenario_bundle(get_registered(), params, prepared, guest, directory,
+        bundle = repro.scenario_bundle(scenario, params, prepared, guest, directory,
                                        verdict=verdict)  # fmt: skip
         written["bundle"] = repro.write_bundle(bundle, directory)
     return written

@@ -142,8 +142,8 @@ class FuzzMachine(RuleBasedStateMachine):
 
     fuzz_run: ClassVar[Run]
 
-    @staticmethod
-    def new_model() -> Model:
+    @classmethod
+    def new_model(cls) -> Model:
         return Model()
 
     def __init__(self) -> None:
@@ -594,6 +594,9 @@ class NestingMachine(CommonRules):
         self._created("bogus_id", self.model.predict(op, **args))
 
 
-def make_machine(run: Run, rules: type[FuzzMachine] = NestingMachine) -> type[FuzzMachine]:
-    """``rules`` bound to ``run`` (hypothesis instantiates the class once per example)."""
-    return type(rules.__name__, (rules,), {"fuzz_run": run})
+def make_machine(
+    run: Run, rules: type[FuzzMachine] = NestingMachine, **attrs: Any
+) -> type[FuzzMachine]:
+    """``rules`` bound to ``run`` and class attributes ``attrs`` (a tier's facts);
+    hypothesis instantiates the class once per example."""
+    return type(rules.__name__, (rules,), {"fuzz_run": run, **attrs})

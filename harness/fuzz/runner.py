@@ -24,7 +24,15 @@ from hypothesis.stateful import get_state_machine_test
 from harness.agent.client import AgentRemoteError
 from harness.fuzz.coverage import Coverage, contract_gaps
 from harness.fuzz.reduce import reduce_trace
-from harness.fuzz.rules import BudgetSpent, FuzzFailureError, GuestLostError, Run, make_machine
+from harness.fuzz.rules import (
+    BudgetSpent,
+    FuzzFailureError,
+    FuzzMachine,
+    GuestLostError,
+    NestingMachine,
+    Run,
+    make_machine,
+)
 from harness.guest import Guest
 
 #: steps per hypothesis example (each example is one fresh iommufd)
@@ -34,16 +42,33 @@ CHUNK = 1000
 
 
 class GuestExecutor:
-    """Steps go to ``fuzz.step`` in the guest; a lost guest makes ``end`` a no-op."""
+    """Steps go to ``fuzz.step`` in the guest; a lost guest makes ``end`` a no-op.
 
-    def __init__(self, guest: Guest, plant: str | None = None, timeout: float = 60.0) -> None:
+    ``cdev`` (tier 2) is the VFIO cdev each session binds; ``hw_state`` adds what the
+    host reads of the vIOMMU after each example (``end()["smmu"]``).
+    """
+
+    def __init__(
+        self,
+        guest: Guest,
+        plant: str | None = None,
+        timeout: float = 60.0,
+        *,
+        cdev: str | None = None,
+        hw_state: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.guest = guest
         self.plant = plant
         self.timeout = timeout
+        self.cdev = cdev
+        self.hw_state = hw_state
         self.lost = False
 
     def begin(self) -> None:
-        self.guest.call("fuzz.begin", timeout=self.timeout, plant=self.plant)
+        if self.cdev is None:
+            self.guest.call("fuzz.begin", timeout=self.timeout, plant=self.plant)
+        else:
+            self.guest.call("fuzz_smmuv3.begin", timeout=self.timeout, cdev=self.cdev)
 
     def step(self, wire: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -61,6 +86,8 @@ class GuestExecutor:
         if self.lost:
             return {}
         result: dict[str, Any] = self.guest.call("fuzz.end", timeout=self.timeout)
+        if self.hw_state is not None:
+            result["smmu"] = self.hw_state()
         return result
 
 
@@ -116,16 +143,20 @@ def fuzz(
     progress_every: float = 10.0,
     shrink_limit: float = 120.0,
     reduce_limit: float | None = None,
+    rules: type[FuzzMachine] = NestingMachine,
+    facts: dict[str, Any] | None = None,
 ) -> FuzzResult:
     """Examples until ``budget`` seconds have passed or one fails (then shrunk).
 
     A failure is shrunk by hypothesis for at most ``shrink_limit`` seconds, then reduced
     by delta debugging in the guest for at most ``reduce_limit`` (default: the same).
+    ``rules`` is the tier's state machine, ``facts`` its class attributes (tier 2: the
+    SMMU's ID registers).
     """
     run = Run(executor, log=log, progress_every=progress_every)
     run.deadline = time.monotonic() + budget
     run.shrink_limit = shrink_limit
-    machine = make_machine(run)
+    machine = make_machine(run, rules, **(facts or {}))
     db = DirectoryBasedExampleDatabase(str(database)) if database is not None else None
     conf = settings(
         max_examples=chunk,
@@ -171,6 +202,7 @@ def fuzz(
             executor,
             result.failure.trace,
             budget=shrink_limit if reduce_limit is None else reduce_limit,
+            new_model=machine.new_model,
         )
         if reduced is not result.failure.trace:
             last = reduced[-1]

@@ -45,8 +45,11 @@ VTD_REGION_NAMES = ("intel_iommu",)
 # SMMUv3 register offsets (SMMUv3 spec 6.3; arm-smmu-v3.h ARM_SMMU_*; page 1 is +0x10000)
 SMMU_IDR0 = 0x00
 SMMU_IDR1 = 0x04
+SMMU_IIDR = 0x18
+SMMU_AIDR = 0x1C
 SMMU_CR0 = 0x20
 SMMU_GERROR = 0x60
+SMMU_GERRORN = 0x64
 SMMU_STRTAB_BASE = 0x80
 SMMU_STRTAB_BASE_CFG = 0x88
 SMMU_CMDQ_BASE = 0x90
@@ -381,6 +384,19 @@ def read_smmu(
         window, regs["idr0"], regs["idr1"], regs["cr0"], regs["gerror"], strtab, regs["cfg"],
         cmdq, evtq, was_paused,
     )  # fmt: skip
+
+
+def read_smmu_id_regs(reader: Reader, window: MmioWindow) -> dict[str, int]:
+    """IDR0..IDR5, IIDR and AIDR as QEMU exposes them: what the kernel's hw_info copies."""
+    regs = {f"IDR{i}": reader.u32(window.base + 4 * i) for i in range(6)}
+    regs["IIDR"] = reader.u32(window.base + SMMU_IIDR)
+    regs["AIDR"] = reader.u32(window.base + SMMU_AIDR)
+    return regs
+
+
+def smmu_active_errors(reader: Reader, window: MmioWindow) -> int:
+    """SMMU_GERROR ^ SMMU_GERRORN: global errors raised and not yet acknowledged."""
+    return reader.u32(window.base + SMMU_GERROR) ^ reader.u32(window.base + SMMU_GERRORN)
 
 
 def read_ste(reader: Reader, snapshot: SmmuSnapshot, sid: int) -> bytes:

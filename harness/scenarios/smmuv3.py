@@ -150,7 +150,7 @@ def taint_overridden(tainted: int) -> bool:
     return bool(tainted >> TAINT_OVERRIDDEN_ACPI_TABLE & 1)
 
 
-def _bind_edu(guest: Guest, verdict: Verdict) -> tuple[str, str] | None:
+def bind_edu(guest: Guest, verdict: Verdict) -> tuple[str, str] | None:
     bdfs = guest.call("pci.find", vendor=EDU_ID[0], device=EDU_ID[1])
     verdict.add(Check.equal("edu devices found", 1, len(bdfs)))
     if len(bdfs) != 1:
@@ -265,7 +265,7 @@ def _wait_trace(
 def smmuv3_capabilities(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     """GET_HW_INFO IDRs vs predict_idrs; nest parent / vIOMMU outcome and its explanation."""
     verdict = Verdict("smmuv3-capabilities")
-    bound = _bind_edu(guest, verdict)
+    bound = bind_edu(guest, verdict)
     if bound is None:
         return verdict
     options = _options(guest.vm.machine)
@@ -384,7 +384,7 @@ BINDING_CASES: tuple[dict[str, Any], ...] = (
 def _open_session(guest: Guest, verdict: Verdict, depth: int = 64) -> dict[str, Any] | None:
     if not require_override(guest, verdict):
         return None
-    bound = _bind_edu(guest, verdict)
+    bound = bind_edu(guest, verdict)
     if bound is None:
         return None
     session: dict[str, Any] = guest.call(

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from typing import Any
 
 from guests.agent import system
@@ -278,16 +279,22 @@ def queue_fds() -> int:
 _SESSION: dict[str, Any] = {}
 
 
-@method
-def begin(plant: str | None = None) -> str:
-    """Start an example: a fresh session; returns a kernel-log mark for ``end``."""
+def start(make: Callable[[], Session]) -> str:
+    """Start an example on a fresh session from ``make`` (closing an earlier one); a
+    kernel-log mark for ``end``.  Tier 2's ``fuzz_smmuv3.begin`` comes through here too."""
     old = _SESSION.pop("session", None)
     if old is not None:
         old.close()
     mark = str(system.dmesg_mark())
-    _SESSION["session"] = Session(plant)
+    _SESSION["session"] = make()
     _SESSION["mark"] = mark
     return mark
+
+
+@method
+def begin(plant: str | None = None) -> str:
+    """Start an example on the mock: a fresh session; returns a kernel-log mark."""
+    return start(lambda: Session(plant))
 
 
 @method
@@ -314,9 +321,14 @@ def end() -> dict[str, Any]:
     }
 
 
-@method
-def run(steps: list[dict[str, Any]], plant: str | None = None) -> dict[str, Any]:
-    """Replay ``steps`` in one fresh session; each step's answer, then ``end``'s."""
-    begin(plant)
+def replay(make: Callable[[], Session], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Replay ``steps`` in one fresh session from ``make``; each answer, then ``end``'s."""
+    start(make)
     answers = [step(s["op"], s["args"]) for s in steps]
     return {"answers": answers, **end()}
+
+
+@method
+def run(steps: list[dict[str, Any]], plant: str | None = None) -> dict[str, Any]:
+    """Replay ``steps`` on the mock in one fresh session; each answer, then ``end``'s."""
+    return replay(lambda: Session(plant), steps)
