@@ -16,7 +16,6 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,16 @@ from harness.fuzz import replay as fuzz_replay
 from harness.fuzz import reproducer
 from harness.fuzz.rules import FuzzMachine, NestingMachine
 from harness.fuzz.runner import CHUNK, STEPS_PER_EXAMPLE, GuestExecutor, fuzz
-from harness.fuzz.smmuv3_model import SmmuFacts
+from harness.fuzz.smmuv3_hw import SmmuObserver
 from harness.fuzz.smmuv3_rules import SmmuMachine
 from harness.guest import Guest
-from harness.qemu.viommu_regs import Reader, find_viommus, read_smmu_id_regs, smmu_active_errors
 from harness.scenarios.base import Prepared, Verdict
 from harness.scenarios.guest.fuzz import PLANTS
+from harness.scenarios.guest.fuzz_smmuv3 import PLANTS as SMMUV3_PLANTS
+from harness.scenarios.guest.smmuv3 import stream_id
 from harness.scenarios.runner import PREPARE_HOOKS, new_seed, prepare_machine
 from harness.scenarios.smmuv3 import bind_edu
 from harness.scenarios.tier1 import preflight
-from harness.smmuv3.registers import decode_id_regs
 
 SUMMARY = "fuzz-summary.json"
 _UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -109,8 +108,9 @@ def run_fuzz(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if tier == 2 and arch != "arm64":
         raise ConfigError(f"--tier 2 is QEMU's SMMUv3 with nesting: arm64 only, not {arch}")
-    if plant is not None and (tier != 1 or plant not in PLANTS):
-        raise ConfigError(f"--plant {plant!r}: tier 1's plants are {', '.join(PLANTS)}")
+    plants = PLANTS if tier == 1 else SMMUV3_PLANTS
+    if plant is not None and plant not in plants:
+        raise ConfigError(f"--plant {plant!r}: tier {tier}'s plants are {', '.join(plants)}")
     name = fuzz_replay.NAME if tier == 1 else fuzz_replay.NAME_SMMUV3
     scenario = fuzz_replay.get_registered(name)
     kernel, flavor = choose_kernel(arch, kernel_flavor, log)
@@ -126,15 +126,17 @@ def run_fuzz(
                   qemu=prepared.binary, name="fuzz")  # fmt: skip
     with guest:
         cdev: str | None = None
+        observer: SmmuObserver | None = None
         rules: type[FuzzMachine] = NestingMachine
         facts: dict[str, Any] = {}
         if tier == 1:
             preflight(guest)
             executor = GuestExecutor(guest, plant)
         else:
-            cdev, facts, hw_state = tier2_setup(guest)
+            cdev, observer = tier2_setup(guest)
+            facts = {"facts": observer.facts()}
             rules = SmmuMachine
-            executor = GuestExecutor(guest, cdev=cdev, hw_state=hw_state)
+            executor = GuestExecutor(guest, plant, cdev=cdev, hardware=observer)
         result = fuzz(executor, budget=budget, seed=seed, database=database, steps=steps,
                       chunk=CHUNK, log=log, rules=rules, facts=facts)  # fmt: skip
         summary = result.summary()
@@ -142,8 +144,9 @@ def run_fuzz(
             arch=arch, tier=tier, kernel_flavor=flavor, plant=plant, accel=guest.vm.accel,
             artifacts=str(artifacts), database=str(database),
         )  # fmt: skip
-        if facts:
+        if observer is not None:
             summary["smmu_id_regs"] = {k: hex(v) for k, v in facts["facts"].raw.items()}
+            summary["ste_reads"] = observer.ste_reads
         found = result.failure or result.lost
         if found is not None:
             written = reproducer.write(
@@ -157,9 +160,8 @@ def run_fuzz(
     return summary
 
 
-def tier2_setup(guest: Guest) -> tuple[str, dict[str, Any], Callable[[], dict[str, Any]]]:
-    """Bind edu to vfio-pci; (its cdev, the SMMU's ID registers read over QMP as the
-    model's facts, a reader of the SMMU's active global errors for after each example)."""
+def tier2_setup(guest: Guest) -> tuple[str, SmmuObserver]:
+    """Bind edu to vfio-pci; its cdev, and the host's view of the SMMU for its stream."""
     setup = Verdict("fuzz tier 2 set-up")
     bound = bind_edu(guest, setup)
     if bound is None:
@@ -167,17 +169,7 @@ def tier2_setup(guest: Guest) -> tuple[str, dict[str, Any], Callable[[], dict[st
             "tier 2 set-up failed: " + "; ".join(f"{c.name}: {c.got}" for c in setup.failures)
         )
     assert guest.vm.qmp is not None
-    reader = Reader(guest.vm.qmp)
-    windows = [w for w in find_viommus(guest.vm.qmp) if w.kind == "smmuv3"]
-    if not windows:
-        raise HarnessError("tier 2: no SMMUv3 register window in the machine's memory map")
-    raw = read_smmu_id_regs(reader, windows[0])
-    facts = SmmuFacts(decode_id_regs(raw), raw)
-
-    def hw_state() -> dict[str, Any]:
-        return {"gerror_active": smmu_active_errors(reader, windows[0])}
-
-    return bound[1], {"facts": facts}, hw_state
+    return bound[1], SmmuObserver(guest.vm.qmp, stream_id(bound[0]))
 
 
 def report(summary: dict[str, Any]) -> str:

@@ -74,7 +74,7 @@ def fuzz_replay(guest: Guest, params: Mapping[str, Any]) -> Verdict:
 
 @scenario(
     NAME_SMMUV3, tier=2, arches=("arm64",), guest=lambda arch: smmuv3.SPEC, viommu="smmuv3",
-    defaults={"steps": []},
+    defaults={"steps": [], "plant": None},
 )  # fmt: skip
 def fuzz_replay_smmuv3(guest: Guest, params: Mapping[str, Any]) -> Verdict:
     """Replay a shrunk tier-2 fuzz example on the edu device's VFIO cdev."""
@@ -84,8 +84,9 @@ def fuzz_replay_smmuv3(guest: Guest, params: Mapping[str, Any]) -> Verdict:
         return verdict
     steps = list(params.get("steps") or [])
     answer = guest.call(
-        "fuzz_smmuv3.run", timeout=600, steps=[s["step"] for s in steps], cdev=bound[1]
-    )
+        "fuzz_smmuv3.run", timeout=600, steps=[s["step"] for s in steps], cdev=bound[1],
+        plant=params.get("plant"),
+    )  # fmt: skip
     judge(steps, answer, int(params.get("open_fds", 0)), verdict)
     verdict.facts["failure"] = params.get("failure", "")
     return verdict

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, settings
@@ -41,11 +41,19 @@ STEPS_PER_EXAMPLE = 60
 CHUNK = 1000
 
 
+class HardwareObserver(Protocol):
+    """What the host reads of the vIOMMU for a tier (``harness.fuzz.smmuv3_hw``)."""
+
+    def after_step(self, wire: dict[str, Any], observed: dict[str, Any]) -> None: ...
+
+    def after_example(self) -> dict[str, Any]: ...
+
+
 class GuestExecutor:
     """Steps go to ``fuzz.step`` in the guest; a lost guest makes ``end`` a no-op.
 
-    ``cdev`` (tier 2) is the VFIO cdev each session binds; ``hw_state`` adds what the
-    host reads of the vIOMMU after each example (``end()["smmu"]``).
+    ``cdev`` (tier 2) is the VFIO cdev each session binds; ``hardware`` adds what the host
+    reads of the vIOMMU to a step's answer and to ``end()["smmu"]``.
     """
 
     def __init__(
@@ -55,20 +63,22 @@ class GuestExecutor:
         timeout: float = 60.0,
         *,
         cdev: str | None = None,
-        hw_state: Callable[[], dict[str, Any]] | None = None,
+        hardware: HardwareObserver | None = None,
     ) -> None:
         self.guest = guest
         self.plant = plant
         self.timeout = timeout
         self.cdev = cdev
-        self.hw_state = hw_state
+        self.hardware = hardware
         self.lost = False
 
     def begin(self) -> None:
         if self.cdev is None:
             self.guest.call("fuzz.begin", timeout=self.timeout, plant=self.plant)
         else:
-            self.guest.call("fuzz_smmuv3.begin", timeout=self.timeout, cdev=self.cdev)
+            self.guest.call(
+                "fuzz_smmuv3.begin", timeout=self.timeout, cdev=self.cdev, plant=self.plant
+            )
 
     def step(self, wire: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -80,14 +90,16 @@ class GuestExecutor:
         except Exception:
             self.lost = True
             raise
+        if self.hardware is not None:
+            self.hardware.after_step(wire, result)
         return result
 
     def end(self) -> dict[str, Any]:
         if self.lost:
             return {}
         result: dict[str, Any] = self.guest.call("fuzz.end", timeout=self.timeout)
-        if self.hw_state is not None:
-            result["smmu"] = self.hw_state()
+        if self.hardware is not None:
+            result["smmu"] = self.hardware.after_example()
         return result
 
 

@@ -24,7 +24,7 @@ from harness.fuzz.model import IOCTL, OK, VEVENTQ_MAX_DEPTH, Commit, Model, Obj,
 from harness.smmuv3.cmdq import make_command
 from harness.smmuv3.registers import IdRegs
 from harness.smmuv3.vinvalidate import VsmmuContext, check_vsmmu_invalidation_array
-from harness.smmuv3.vste import VsteVerdict, build_nested_ste, validate_nested_ste
+from harness.smmuv3.vste import STE0_S1CTXPTR, VsteVerdict, build_nested_ste, validate_nested_ste
 
 #: IOMMU_HWPT_ALLOC flags as the rules name them
 HWPT_FLAGS = {"none": 0, "nest_parent": 1 << 0, "dirty": 1 << 1, "pasid": 1 << 3, "bad": 1 << 7}
@@ -119,6 +119,21 @@ class SmmuModel(Model):
         live = self.live("DEVICE")
         return live[0] if live else None
 
+    def installed(self, hwpt: Obj | None) -> dict[str, Any]:
+        """The STE fields attaching to ``hwpt`` (None: detached) installs, as the host reads
+        them: a blocked or abort domain an abort STE; a nest parent, or a bypass vSTE over
+        it, stage 2 only; any other paging domain stage 1 (QEMU's SMMU has both stages);
+        a translating vSTE a nested STE with the vSTE's S1ContextPtr."""
+        if hwpt is None:
+            return {"ste_config": "abort"}
+        if hwpt.kind == "HWPT_PAGING":
+            return {"ste_config": "s2" if hwpt.nest_parent else "s1"}
+        installs = self.vste[hwpt.handle].installs
+        if installs == "nested":
+            return {"ste_config": "nested",
+                    "ste_s1ctxptr": self.vste[hwpt.handle].ste[0] & STE0_S1CTXPTR}  # fmt: skip
+        return {"ste_config": "s2" if installs == "bypass" else "abort"}
+
     def busy(self, obj: Obj) -> bool:
         if obj.kind == "VIOMMU":
             return (
@@ -176,9 +191,11 @@ class SmmuModel(Model):
                 return self._p("attach", wire, "ENOENT")
         expect: dict[str, Any] = {}
         if kind != "IOAS":
-            expect = {"hwpt": obj.kid}
+            expect = {"hwpt": obj.kid, **self.installed(obj)}
         elif (auto := self._auto_domain(obj)) is not None:
-            expect = {"hwpt": auto.kid}
+            expect = {"hwpt": auto.kid, **self.installed(auto)}
+        else:
+            expect = {"ste_config": "s1"}  # a new auto domain: flags 0, stage 1
 
         def commit(obs: dict[str, Any]) -> None:
             self._move(dev, self._target_hwpt(kind, obj, obs["hwpt"]))
@@ -197,7 +214,7 @@ class SmmuModel(Model):
             if old is not None:
                 self._leave(attached, old)
 
-        return self._p("detach", {}, OK, commit)
+        return self._p("detach", {}, OK, commit, **self.installed(None))
 
     def _op_hw_info(self, dev: int | None, info_type: str) -> Prediction:  # type: ignore[override,unused-ignore]
         wire = {"dev": self.kid(dev, "DEVICE"), "type": HW_INFO_TYPES[info_type]}

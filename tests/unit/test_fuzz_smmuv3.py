@@ -98,7 +98,7 @@ def test_attach_to_an_ioas_makes_one_auto_domain_and_leaving_frees_it(k: Kernel)
     k.do("attach", pt=ioas)
     auto = [o for o in k.m.live("HWPT_PAGING") if o.auto]
     assert len(auto) == 1 and k.m.device().attached is auto[0]  # type: ignore[union-attr]
-    assert k.m.predict("attach", pt=ioas).fields == {"hwpt": auto[0].kid}  # the same one
+    assert k.m.predict("attach", pt=ioas).fields["hwpt"] == auto[0].kid  # the same one
     assert outcome(k, "destroy", target=ioas) == "EBUSY"  # the auto domain holds the IOAS
     k.do("detach")
     assert not auto[0].alive and outcome(k, "destroy", target=ioas) == "ok"
@@ -124,6 +124,19 @@ def test_unbind_destroys_the_vdevice_and_its_id_is_never_reused(k: Kernel) -> No
     k.new("bind")
     assert outcome(k, "vdevice_alloc", viommu=objs["viommu"], dev=k.m.device().handle,  # type: ignore[union-attr]
                    virt_id=0x42) == "ok"  # fmt: skip
+
+
+def test_the_ste_attach_installs_follows_what_the_device_is_attached_to(k: Kernel) -> None:
+    """Read back over QMP after every accepted attach and detach (SmmuObserver)."""
+    objs = stack(k)
+    assert k.m.predict("attach", pt=objs["ioas"]).fields["ste_config"] == "s1"  # auto domain
+    assert k.m.predict("attach", pt=objs["s2"]).fields["ste_config"] == "s2"
+    nested = k.m.predict("attach", pt=objs["nested"]).fields
+    assert nested["ste_config"] == "nested" and nested["ste_s1ctxptr"] == 0x4000_0000
+    for ste, want in (("abort", "abort"), ("invalid", "abort"), ("bypass", "s2")):
+        hwpt = k.new("hwpt_alloc", dev=0, pt=objs["viommu"], ste=ste)
+        assert k.m.predict("attach", pt=hwpt).fields["ste_config"] == want, ste
+    assert k.m.predict("detach").fields == {"ste_config": "abort"}
 
 
 def test_the_device_object_cannot_be_destroyed_while_vfio_holds_it(k: Kernel) -> None:

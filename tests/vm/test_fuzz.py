@@ -1,4 +1,5 @@
-"""The nesting uAPI fuzzer in a guest (tier 1, the IOMMUFD_TEST mock).
+"""The nesting uAPI fuzzer in a guest: tier 1 (the IOMMUFD_TEST mock, both arches) and
+tier 2 (edu's VFIO cdev on QEMU's SMMUv3, arm64).
 
 - A short fixed-seed run per arch (CI: 60 s of fuzzing; 85 s with the boot on TCG with
   the debug kernel, both arches) finds nothing and reaches every object type with success
@@ -8,6 +9,11 @@
   steps (8 on x86_64, seed 7), and its repro bundle fails the same step the same way
   through ``harness repro`` (nightly: about 4 minutes with the search, the shrinking and
   the replay's boot).
+
+- Tier 2: a short fixed-seed run (CI) finds nothing and reaches the VFIO attach, the
+  vIOMMU objects, accepted and refused invalidations and GET_HW_INFO; a planted bug (the
+  guest sends a vSTE with EATS 0b10 once the vIOMMU has a vDEVICE) is found, shrunk and
+  replayed through ``harness repro`` (nightly).
 
 Each test boots its own guest (the fuzzer's), so it is not shared with other tests.
 """
@@ -29,6 +35,21 @@ pytestmark = pytest.mark.tier1
 
 ARCHES = [pytest.param(a, marks=getattr(pytest.mark, a)) for a in tier1.ARCHES]
 PLANT = "invalidate-nested-viommu-with-veventq"
+PLANT_SMMUV3 = "nested-ste-eats-with-vdevice"
+#: (ioctl, outcome) a short tier-2 run must reach
+MUST_REACH_SMMUV3 = (
+    ("VFIO_DEVICE_BIND_IOMMUFD", "ok"),
+    ("VFIO_DEVICE_ATTACH_IOMMUFD_PT", "ok"),
+    ("VFIO_DEVICE_ATTACH_IOMMUFD_PT", "EINVAL"),
+    ("IOMMU_HWPT_ALLOC", "ok"),
+    ("IOMMU_VIOMMU_ALLOC", "ok"),
+    ("IOMMU_VDEVICE_ALLOC", "ok"),
+    ("IOMMU_VEVENTQ_ALLOC", "ok"),
+    ("IOMMU_HWPT_INVALIDATE", "ok"),
+    ("IOMMU_HWPT_INVALIDATE", "EIO"),
+    ("IOMMU_GET_HW_INFO", "ok"),
+    ("IOMMU_DESTROY", "EBUSY"),
+)
 #: ioctls a 60 s run must have seen succeed (every object type of the nesting uAPI)
 MUST_SUCCEED = (
     "IOMMU_IOAS_ALLOC",
@@ -103,3 +124,43 @@ def test_planted_bug_is_found_shrunk_and_replayed(tmp_path: Path) -> None:
     assert [c.name for c in verdict.failures] == [failing["label"]]
     failed = verdict.failures[0]
     assert (failed.expected["outcome"], failed.got["outcome"]) == ("ok", "EOPNOTSUPP")
+
+
+@pytest.mark.arm64
+def test_fuzz_tier2_short_budget(tmp_path: Path) -> None:
+    """CI: 60 s of tier 2 with a fixed seed finds nothing, and the model's facts are QEMU's
+    SMMU ID registers read over QMP."""
+    summary = fuzz_or_skip("arm64", tmp_path, tier=2, budget=60, seed=20261206)
+    print(json.dumps({k: v for k, v in summary.items() if k != "contract"}, indent=1))
+    assert not summary["found"], summary["failure"] or summary["guest_lost"] or summary["error"]
+    assert summary["steps"] >= 1000, summary["steps"]
+    reached = {(row["ioctl"], o) for row in summary["ioctl_outcomes"] for o in row["outcomes"]}
+    missing = [pair for pair in MUST_REACH_SMMUV3 if pair not in reached]
+    assert not missing, f"never reached: {missing}"
+    assert set(summary["smmu_id_regs"]) == {*(f"IDR{i}" for i in range(6)), "IIDR", "AIDR"}
+
+
+@pytest.mark.slow
+@pytest.mark.nightly
+@pytest.mark.arm64
+def test_tier2_planted_bug_is_found_shrunk_and_replayed(tmp_path: Path) -> None:
+    """Tier 2's planted vSTE (EATS 0b10 once the vIOMMU has a vDEVICE) is found, shrunk to
+    a few steps, and fails the same step again through the fuzz-replay-smmuv3 bundle."""
+    summary = fuzz_or_skip("arm64", tmp_path, tier=2, budget=240, seed=7, plant=PLANT_SMMUV3)
+    assert summary["found"], "the planted bug was not found"
+    report = json.loads((tmp_path / "fuzz" / "fuzz-failure.json").read_text())
+    failing = report["failing"]
+    print(json.dumps(failing, indent=1), f"\n{report['steps']} steps")
+    assert (failing["expected"]["outcome"], failing["got"]["outcome"]) == ("ok", "EIO")
+    ops = [s["step"]["op"] for s in report["trace"]]
+    assert ops[-1] == "hwpt_alloc" and "vdevice_alloc" in ops, ops
+    assert report["steps"] <= 8, ops
+    script = (tmp_path / "fuzz" / "fuzz-repro.py").read_text()
+    compile(script, "fuzz-repro.py", "exec")
+    assert "SmmuSession" in script and PLANT_SMMUV3 in script
+
+    verdict = replay_scenario(
+        read_bundle(tmp_path / "fuzz"), artifacts=tmp_path / "replay", write=print
+    )
+    print(verdict.table())
+    assert [c.name for c in verdict.failures] == [failing["label"]]

@@ -31,6 +31,14 @@ HW_INFO_WORDS = struct.Struct("<10I")  # flags, __reserved, idr[6], iidr, aidr
 INVALIDATE_TYPE = int(uapi.IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
 STE_TYPE = int(uapi.IOMMU_HWPT_DATA_ARM_SMMUV3)
 FAULT_ID_VALID = 1 << 2  # the driver sets it from ``fault``, not from ``flags``
+STE1_EATS_SPLIT = 2 << 28  # EATS 0b10: the vSMMU refuses it (EIO)
+#: planted bugs: name -> what the executor gets wrong
+PLANTS = {
+    "nested-ste-eats-with-vdevice": (
+        "IOMMU_HWPT_ALLOC of a nested HWPT over a vIOMMU that has a vDEVICE: the vSTE goes "
+        "with EATS 0b10 (split-stage ATS) in word 1"
+    ),
+}
 
 
 def _words(words: list[int]) -> bytes:
@@ -41,9 +49,9 @@ class SmmuSession(tier1.Session):
     """One /dev/iommu fd, a 16-page buffer, the queue fds, and the device's cdev."""
 
     def __init__(self, cdev: str, plant: str | None = None) -> None:  # no mock: no super()
-        if plant is not None:
-            raise ValueError(f"tier 2 has no planted bugs (got {plant!r})")
-        self.plant = None
+        if plant is not None and plant not in PLANTS:
+            raise ValueError(f"unknown plant {plant!r}; known: {', '.join(PLANTS)}")
+        self.plant = plant
         self.cdev = cdev
         self.buf = DmaBuffer(tier1.PAGES * PAGE_SIZE)
         self.ictx = IommuFD()
@@ -52,6 +60,8 @@ class SmmuSession(tier1.Session):
         self._viommu_nested: set[int] = set()
         self._viommus: set[int] = set()
         self.dev: VfioDevice | None = None
+        #: vIOMMU IDs that have a vDEVICE (for the planted bug only)
+        self._with_vdevice: set[int] = set()
 
     def close(self) -> None:
         """Close the device (the kernel detaches and unbinds it), then tier 1's close."""
@@ -118,6 +128,8 @@ class SmmuSession(tier1.Session):
     def hwpt_alloc(  # type: ignore[override]
         self, dev: int, pt: int, flags: int, ste: str, words: list[int], fault: int
     ) -> dict[str, Any]:
+        if self.plant == "nested-ste-eats-with-vdevice" and pt in self._with_vdevice and words[0]:
+            words = [words[0], words[1] | STE1_EATS_SPLIT]  # the planted bug
         data = _words(words)
         data_type, payload, length = {
             "none": (int(uapi.IOMMU_HWPT_DATA_NONE), None, None),
@@ -133,6 +145,11 @@ class SmmuSession(tier1.Session):
 
     def viommu_alloc(self, dev: int, hwpt: int, type: int) -> dict[str, Any]:  # type: ignore[override]
         return {"id": self.ictx.viommu(dev, hwpt, type).id}
+
+    def vdevice_alloc(self, viommu: int, dev: int, virt_id: int) -> dict[str, Any]:
+        made = super().vdevice_alloc(viommu, dev, virt_id)
+        self._with_vdevice.add(viommu)
+        return made
 
     def veventq_alloc(self, viommu: int, depth: int, type: int) -> dict[str, Any]:  # type: ignore[override]
         cmd = uapi.iommu_veventq_alloc(
@@ -184,6 +201,6 @@ def begin(cdev: str, plant: str | None = None) -> str:
 
 
 @method
-def run(steps: list[dict[str, Any]], cdev: str) -> dict[str, Any]:
+def run(steps: list[dict[str, Any]], cdev: str, plant: str | None = None) -> dict[str, Any]:
     """Replay ``steps`` on ``cdev`` in one fresh session; each answer, then ``end``'s."""
-    return tier1.replay(lambda: SmmuSession(cdev), steps)
+    return tier1.replay(lambda: SmmuSession(cdev, plant), steps)
