@@ -28,6 +28,7 @@ import json
 import os
 import re
 import secrets
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A runner that starts pytest as a background job of a non-interactive shell leaves
+    # SIGINT ignored, and every child inherits that: the tests that send Ctrl-C to a child
+    # (bisect, fleet, repro --keep) then wait for nothing.  Python's own handler again
+    # (a child gets SIG_DFL across exec, then its KeyboardInterrupt).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     images = config.getoption("--images", default=None)
