@@ -126,18 +126,32 @@ def test_planted_bug_is_found_shrunk_and_replayed(tmp_path: Path) -> None:
     assert (failed.expected["outcome"], failed.got["outcome"]) == ("ok", "EOPNOTSUPP")
 
 
+def check_clean_tier2_run(summary: dict[str, Any], min_steps: int) -> None:
+    print(json.dumps({k: v for k, v in summary.items() if k != "contract"}, indent=1))
+    assert not summary["found"], summary["failure"] or summary["guest_lost"] or summary["error"]
+    assert summary["steps"] >= min_steps, summary["steps"]
+    reached = {(row["ioctl"], o) for row in summary["ioctl_outcomes"] for o in row["outcomes"]}
+    missing = [pair for pair in MUST_REACH_SMMUV3 if pair not in reached]
+    assert not missing, f"never reached: {missing}"
+    assert set(summary["smmu_id_regs"]) == {*(f"IDR{i}" for i in range(6)), "IIDR", "AIDR"}
+    assert summary["ste_reads"] > 0  # the STE was read back, and agreed, after attaches
+
+
 @pytest.mark.arm64
 def test_fuzz_tier2_short_budget(tmp_path: Path) -> None:
     """CI: 60 s of tier 2 with a fixed seed finds nothing, and the model's facts are QEMU's
     SMMU ID registers read over QMP."""
     summary = fuzz_or_skip("arm64", tmp_path, tier=2, budget=60, seed=20261206)
-    print(json.dumps({k: v for k, v in summary.items() if k != "contract"}, indent=1))
-    assert not summary["found"], summary["failure"] or summary["guest_lost"] or summary["error"]
-    assert summary["steps"] >= 1000, summary["steps"]
-    reached = {(row["ioctl"], o) for row in summary["ioctl_outcomes"] for o in row["outcomes"]}
-    missing = [pair for pair in MUST_REACH_SMMUV3 if pair not in reached]
-    assert not missing, f"never reached: {missing}"
-    assert set(summary["smmu_id_regs"]) == {*(f"IDR{i}" for i in range(6)), "IIDR", "AIDR"}
+    check_clean_tier2_run(summary, min_steps=1000)
+
+
+@pytest.mark.slow
+@pytest.mark.nightly
+@pytest.mark.arm64
+def test_fuzz_tier2_nightly(tmp_path: Path) -> None:
+    """Nightly: 10 minutes of tier 2."""
+    summary = fuzz_or_skip("arm64", tmp_path, tier=2, budget=600, seed=20261207)
+    check_clean_tier2_run(summary, min_steps=10000)
 
 
 @pytest.mark.slow
