@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from harness.driver.errors import errno_name
-from harness.fuzz.model import IOCTL, OK, VEVENTQ_MAX_DEPTH, Commit, Model, Obj, Prediction
+from harness.fuzz.model import (
+    IOCTL,
+    OK,
+    VEVENTQ_MAX_DEPTH,
+    Commit,
+    Model,
+    ModelError,
+    Obj,
+    Prediction,
+)
 from harness.smmuv3.cmdq import make_command
 from harness.smmuv3.registers import IdRegs
 from harness.smmuv3.vinvalidate import VsmmuContext, check_vsmmu_invalidation_array
@@ -104,6 +113,7 @@ class SmmuModel(Model):
         "attach": "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
         "detach": "VFIO_DEVICE_DETACH_IOMMUFD_PT",
         "hw_info": "IOMMU_GET_HW_INFO",
+        "dma": "edu DMA through the IOMMU",
     }
 
     def __init__(self, facts: SmmuFacts) -> None:
@@ -113,6 +123,74 @@ class SmmuModel(Model):
         self.vste: dict[int, VsteVerdict] = {}
         #: vIOMMU handle -> its vEVENTQs by type
         self.veventqs: dict[int, dict[int, Obj]] = {}
+        #: IOAS handle -> {IOVA page: the buffer page it maps}
+        self.pages: dict[int, dict[int, int]] = {}
+
+    def predict(self, op: str, **args: Any) -> Prediction:
+        pred = super().predict(op, **args)
+        if op in ("map", "copy", "unmap", "unmap_all") and pred.commit is not None:
+            pred.commit = self._tracking_pages(op, args, pred.commit)
+        if op == "dma" and pred.outcome == OK:  # coverage tells the two effects apart
+            pred.ioctl += ": lands" if pred.fields["landed"] is not None else ": faults"
+        return pred
+
+    def _tracking_pages(self, op: str, args: dict[str, Any], commit: Commit) -> Commit:
+        """``commit``, then the IOAS's IOVA page -> buffer page table brought up to date
+        (a map maps buffer page N at IOVA page N; a copy maps what the source maps)."""
+        target = self.typed(self.kid(args["dst" if op == "copy" else "ioas"]), "IOAS")
+        source: dict[int, int] = {}
+        if op == "copy" and (src := self.typed(self.kid(args["src"]), "IOAS")) is not None:
+            source = dict(self.pages.get(src.handle, {}))
+
+        def tracked(obs: dict[str, Any]) -> None:
+            commit(obs)
+            if target is None:
+                return
+            pages = self.pages.setdefault(target.handle, {})
+            if op == "map":
+                pages.update((p, p) for p in range(args["page"], args["page"] + args["npages"]))
+            elif op == "copy":
+                for i in range(args["npages"]):
+                    pages[args["dst_page"] + i] = source[args["src_page"] + i]
+            covered = {p for a in target.areas for p in range(a[0], a[0] + a[1])}
+            for page in [p for p in pages if p not in covered]:
+                del pages[page]
+
+        return tracked
+
+    def translating_ioas(self, hwpt: Obj | None) -> Obj | None:
+        """The IOAS whose mappings the device's DMA goes through (None: every access
+        faults): a paging HWPT's, a bypass vSTE's nest parent's.  A translating vSTE's
+        CD table is not modelled (the rules do no DMA through one)."""
+        if hwpt is None:
+            return None
+        if hwpt.kind == "HWPT_PAGING":
+            return hwpt.ioas
+        installs = self.vste[hwpt.handle].installs
+        if installs == "nested":
+            raise ModelError("no DMA prediction through a translating vSTE")
+        return hwpt.parent.ioas if installs == "bypass" and hwpt.parent else None
+
+    def dma_translates(self) -> bool:
+        """Whether the device is attached and a DMA has a prediction (not through a
+        translating vSTE)."""
+        dev = self.device()
+        hwpt = dev.attached if dev is not None else None
+        return hwpt is not None and (
+            hwpt.kind != "HWPT_NESTED" or self.vste[hwpt.handle].installs != "nested"
+        )
+
+    def _op_dma(self, src: int, dst: int, marker: int) -> Prediction:
+        """edu copies IOVA page ``src`` to ``dst`` (guest half: ``SmmuSession.dma``): the
+        marker lands in the buffer page ``dst`` maps iff both pages translate."""
+        wire = {"src": src, "dst": dst, "marker": marker}
+        dev = self.device()
+        if dev is None:
+            return self._p("dma", wire, "EBADF")
+        ioas = self.translating_ioas(dev.attached)
+        pages = self.pages.get(ioas.handle, {}) if ioas is not None else {}
+        landed = pages[dst] if src in pages and dst in pages else None
+        return self._p("dma", wire, OK, None, landed=landed)
 
     def device(self) -> Obj | None:
         """The bound device, if it is bound now."""

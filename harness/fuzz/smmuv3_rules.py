@@ -20,7 +20,7 @@ from typing import Any, ClassVar, cast
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, precondition, rule
 
-from harness.fuzz.model import VEVENTQ_MAX_DEPTH, Model
+from harness.fuzz.model import PAGES, VEVENTQ_MAX_DEPTH, Model
 from harness.fuzz.rules import (
     CommonRules,
     devices,
@@ -97,15 +97,38 @@ class SmmuMachine(CommonRules):
     @precondition(lambda self: self._bound() and self._has("IOAS", "HWPT_PAGING", "HWPT_NESTED"))
     @rule(data=st.data(), other=st.integers(0, 9))
     def attach(self, data: st.DataObject, other: int) -> None:
-        """Attach (or replace) to an IOAS or HWPT; one time in five detach instead, one
+        """Attach (or replace) to an IOAS or HWPT; three times in ten detach instead, one
         in ten unbind (close the device fd: ``rebind`` binds it again)."""
-        if other == 7:
+        if other == 6:
             self._do("unbind", self.model.predict("unbind"))
-        elif other >= 8:
+        elif other >= 7:  # after one detach in twelve, a DMA through the blocked domain
             self._do("detach", self.model.predict("detach"))
+            if other == 7 and not data.draw(st.integers(0, 3), "dma"):
+                self._do("dma", self.model.predict("dma", src=0, dst=1, marker=0xD3A0))
         else:
             pt = self._pick(data, "pt", "IOAS", "HWPT_PAGING", "HWPT_NESTED")
             self._do("attach", self.model.predict("attach", pt=pt))
+
+    @precondition(lambda self: self.smmu.dma_translates())
+    @rule(data=st.data(), src=st.integers(0, PAGES - 1), dst=st.integers(0, PAGES - 1))
+    def dma(self, data: st.DataObject, src: int, dst: int) -> None:
+        """edu copies a marker between two IOVA pages through whatever is attached (mostly
+        pages the attachment maps, mapping two first half the time when it maps none, so
+        copies land as well as fault)."""
+        dev = self.smmu.device()
+        ioas = self.smmu.translating_ioas(dev.attached if dev is not None else None)
+        mapped = sorted(self.smmu.pages.get(ioas.handle, {})) if ioas is not None else []
+        if ioas is not None and not mapped and data.draw(st.booleans(), "map first"):
+            npages = min(2, PAGES - src)
+            self._do(
+                "dma:map", self.model.predict("map", ioas=ioas.handle, page=src, npages=npages)
+            )
+            mapped = sorted(self.smmu.pages.get(ioas.handle, {}))
+        if mapped and data.draw(st.integers(0, 3), "mapped") < 3:
+            src = data.draw(st.sampled_from(mapped), "src page")
+            dst = data.draw(st.sampled_from(mapped), "dst page")
+        marker = 0xD3A0_0000_0000_0000 | len(self.trace) << 16 | src << 8 | dst
+        self._do("dma", self.model.predict("dma", src=src, dst=dst, marker=marker))
 
     @precondition(lambda self: self._has("DEVICE"))
     @rule(data=st.data(), info_type=st.sampled_from(["arm", "arm", "default", "vtd", "badflags"]))

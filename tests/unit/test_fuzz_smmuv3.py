@@ -139,6 +139,44 @@ def test_the_ste_attach_installs_follows_what_the_device_is_attached_to(k: Kerne
     assert k.m.predict("detach").fields == {"ste_config": "abort"}
 
 
+def _landed(k: Kernel, src: int, dst: int) -> Any:
+    return k.m.predict("dma", src=src, dst=dst, marker=1).fields["landed"]
+
+
+def test_dma_lands_where_both_pages_translate_through_the_attachment(k: Kernel) -> None:
+    objs = stack(k, "bypass")
+    k.do("map", ioas=objs["ioas"], page=2, npages=2)
+    other = k.new("ioas_alloc")
+    k.do("copy", dst=other, src=objs["ioas"], src_page=2, dst_page=9, npages=2)
+    assert _landed(k, 2, 3) is None  # detached: the blocked domain faults everything
+    k.do("attach", pt=objs["ioas"])  # the auto domain (stage 1) maps the IOAS
+    assert (_landed(k, 2, 3), _landed(k, 3, 2), _landed(k, 2, 4), _landed(k, 5, 2)) == (
+        3, 2, None, None,
+    )  # fmt: skip
+    k.do("attach", pt=other)  # pages 9, 10 map buffer pages 2, 3 (the copy's source)
+    assert (_landed(k, 9, 10), _landed(k, 2, 3)) == (3, None)
+    k.do("attach", pt=objs["nested"])  # a bypass vSTE: the nest parent's stage 2
+    assert _landed(k, 2, 3) == 3
+    k.do("unmap", ioas=objs["ioas"], page=3, npages=1)  # ENOENT: it splits no area
+    assert _landed(k, 2, 3) == 3
+    k.do("unmap", ioas=objs["ioas"], page=2, npages=2)
+    k.do("map", ioas=objs["ioas"], page=2, npages=1)
+    assert (_landed(k, 2, 3), _landed(k, 2, 2)) == (None, 2)
+    abort = k.new("hwpt_alloc", dev=0, pt=objs["viommu"], ste="abort")
+    k.do("attach", pt=abort)
+    assert _landed(k, 2, 2) is None
+
+
+def test_no_dma_prediction_through_a_translating_vste(k: Kernel) -> None:
+    objs = stack(k, "s1")
+    k.do("attach", pt=objs["nested"])
+    assert not k.m.dma_translates()
+    k.do("attach", pt=objs["ioas"])
+    assert k.m.dma_translates()
+    k.do("unbind")
+    assert not k.m.dma_translates() and outcome(k, "dma", src=0, dst=0, marker=1) == "EBADF"
+
+
 def test_the_device_object_cannot_be_destroyed_while_vfio_holds_it(k: Kernel) -> None:
     assert outcome(k, "destroy", target=0, role="DEVICE") == "EBUSY"
 

@@ -19,6 +19,7 @@ import struct
 from typing import Any
 
 from guests.agent.server import method
+from harness.devices.edu import Edu
 from harness.driver import PAGE_SIZE, DmaBuffer, IommuFD
 from harness.driver.iommufd import invalidate, split_vevents
 from harness.driver.vfio import VfioDevice
@@ -31,6 +32,8 @@ HW_INFO_WORDS = struct.Struct("<10I")  # flags, __reserved, idr[6], iidr, aidr
 INVALIDATE_TYPE = int(uapi.IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
 STE_TYPE = int(uapi.IOMMU_HWPT_DATA_ARM_SMMUV3)
 FAULT_ID_VALID = 1 << 2  # the driver sets it from ``fault``, not from ``flags``
+EDU_DMA_MASK = (1 << 48) - 1  # the machine's edu has mask=2^48-1 (harness.scenarios.smmuv3)
+DMA_DST_OFFSET = 64
 STE1_EATS_SPLIT = 2 << 28  # EATS 0b10: the vSMMU refuses it (EIO)
 #: planted bugs: name -> what the executor gets wrong
 PLANTS = {
@@ -60,6 +63,7 @@ class SmmuSession(tier1.Session):
         self._viommu_nested: set[int] = set()
         self._viommus: set[int] = set()
         self.dev: VfioDevice | None = None
+        self.nonce = int.from_bytes(os.urandom(8), "little")
         #: vIOMMU IDs that have a vDEVICE (for the planted bug only)
         self._with_vdevice: set[int] = set()
 
@@ -102,6 +106,26 @@ class SmmuSession(tier1.Session):
     def detach(self) -> dict[str, Any]:
         self._device().detach()
         return {}
+
+    def dma(self, src: int, dst: int, marker: int) -> dict[str, Any]:
+        """edu copies 8 bytes from IOVA page ``src`` (offset 0) to IOVA page ``dst`` (offset
+        64).  Every buffer page holds the marker at offset 0 first, so the marker reaches
+        a buffer page iff both pages translate: ``landed`` is that page (None: it reached
+        none).  The marker is mixed with a per-session nonce, so a stale copy in edu's
+        buffer from an earlier session or replay never counts."""
+        dev = self._device()
+        value = (marker ^ self.nonce).to_bytes(8, "little")
+        src_iova = tier1.APERTURE + src * PAGE_SIZE
+        dst_iova = tier1.APERTURE + dst * PAGE_SIZE + DMA_DST_OFFSET
+        with self.buf.view as view:
+            for page in range(tier1.PAGES):
+                base = page * PAGE_SIZE
+                view[base : base + 8] = value
+                view[base + DMA_DST_OFFSET : base + DMA_DST_OFFSET + 8] = bytes(8)
+            Edu(dev, dma_mask=EDU_DMA_MASK).copy(src_iova, dst_iova, 8)
+            at = [page * PAGE_SIZE + DMA_DST_OFFSET for page in range(tier1.PAGES)]
+            landed = [i for i, offset in enumerate(at) if view[offset : offset + 8] == value]
+        return {"landed": landed[0] if len(landed) == 1 else (landed or None)}
 
     def hw_info(self, dev: int, type: int) -> dict[str, Any]:  # type: ignore[override,unused-ignore]
         buf = ctypes.create_string_buffer(64)
