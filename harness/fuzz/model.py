@@ -24,6 +24,22 @@ PAGES = 16
 VEVENTQ_MAX_DEPTH = 1 << 19
 IOTLB_ID_MAX = 3
 CACHE_ID_MAX = 3
+PAGE_SIZE = 4096
+U64_MAX = (1 << 64) - 1
+#: the mock domain's aperture (iommufd_test.h) and smallest page (2k: selftest.c, amdv1 mock)
+APERTURE_START = 1 << 24
+APERTURE_LAST = (1 << 31) - 1
+MOCK_PAGE = 2048
+#: what IOMMU_GET_HW_INFO reports for a mock device (mock_domain_hw_info, iommufd_get_hw_info)
+HW_INFO_TYPE_SELFTEST = 0xFEEDBEEF
+HW_INFO_SELFTEST_REGVAL = 0xDEADBEEF
+HW_INFO_LEN = 8  # struct iommu_test_hw_info {flags, test_reg}
+HW_CAP_DIRTY_TRACKING = 1 << 0
+HW_CAP_PCI_ATS_NOT_SUPPORTED = 1 << 3
+MOCK_PASID_WIDTH = 20
+#: PASIDs the rules use: two valid ones and one past a PASID device's max_pasids (1024
+#: is left out: the mock fakes an error on every second attach of it)
+PASIDS = (1, 2, 1 << MOCK_PASID_WIDTH)
 
 #: the ioctl (or agent-visible call) each operation issues, for coverage
 IOCTL = {
@@ -46,12 +62,34 @@ IOCTL = {
     "read_vevents": "read(iommufd-viommu-event)",
     "read_faults": "read(iommufd-pgfault)",
     "close_fd": "close(queue fd)",
+    "option": "IOMMU_OPTION",
+    "hw_info": "IOMMU_GET_HW_INFO",
+    "iova_ranges": "IOMMU_IOAS_IOVA_RANGES",
+    "allow_iovas": "IOMMU_IOAS_ALLOW_IOVAS",
+    "set_dirty_tracking": "IOMMU_HWPT_SET_DIRTY_TRACKING",
+    "dirty_bitmap": "IOMMU_HWPT_GET_DIRTY_BITMAP",
+    "mark_dirty": "IOMMU_TEST_CMD(DIRTY)",
+    "pasid_attach": "IOMMU_TEST_CMD(PASID_ATTACH)",
+    "pasid_replace": "IOMMU_TEST_CMD(PASID_REPLACE)",
+    "pasid_detach": "IOMMU_TEST_CMD(PASID_DETACH)",
+    "pasid_check": "IOMMU_TEST_CMD(PASID_CHECK_HWPT)",
 }
 
 #: HWPT_ALLOC user data variants: (data_type, data_len) as the guest sends them
 DATA_KINDS = ("none", "valid", "short", "badtype")
 #: invalidation entry variants
 ENTRY_KINDS = ("one", "all", "badflags", "badid", "empty", "nolen")
+#: IOMMU_OPTION variants: option_id, op
+OPTIONS = ("rlimit", "huge", "bogus")
+OPTION_OPS = ("get", "set", "bad")
+#: IOMMU_GET_HW_INFO in_data_type variants (none: no IOMMU_HW_INFO_FLAG_INPUT_TYPE)
+HW_INFO_TYPES = ("none", "default", "selftest", "vtd")
+#: IOMMU_IOAS_ALLOW_IOVAS lists: see ``Model._op_allow_iovas``
+ALLOW_KINDS = ("clear", "inside", "outside", "inverted", "overlap")
+#: IOMMU_HWPT_GET_DIRTY_BITMAP argument variants
+BITMAP_SHAPES = ("ok", "zero", "unaligned", "wrap", "badflags")
+#: mock device flags (MOCK_FLAGS_DEVICE_*)
+DEVICE_FLAGS = ("", "nodirty", "pasid")
 
 
 @dataclass(eq=False)
@@ -64,12 +102,26 @@ class Obj:
     alive: bool = True
     # IOAS: mapped areas as (first page, pages), one per map/copy call
     areas: list[tuple[int, int]] = field(default_factory=list)
+    # IOAS: IOMMU_OPTION_HUGE_PAGES; whether an allowed IOVA range lies outside the mock
+    # aperture (a new domain's aperture reservation then fails: EADDRINUSE)
+    huge: bool = True
+    allowed_outside: bool = False
     # HWPT_PAGING / HWPT_NESTED
     ioas: Obj | None = None
     nest_parent: bool = False
     auto: bool = False
     fault: Obj | None = None
     parent: Obj | None = None
+    # HWPT_PAGING dirty tracking: allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING (dirty
+    # ops), tracking enabled, dirty pages; ``coarse``: areas mapped into the domain while
+    # large pages were allowed (one entry may span pages: read_and_clear_dirty reports a
+    # whole entry); ``fuzzy``: a dirty mark hit one, so the bitmap is not predicted
+    pasid_compat: bool = False  # HWPT: allocated with IOMMU_HWPT_ALLOC_PASID
+    dirty_ops: bool = False
+    tracking: bool = False
+    dirty: set[int] = field(default_factory=set)
+    coarse: list[tuple[int, int]] = field(default_factory=list)
+    fuzzy: bool = False
     viommu: Obj | None = None
     # DEVICE: ``kid`` is the selftest object, ``idev`` the iommufd device
     idev: int = 0
@@ -77,6 +129,9 @@ class Obj:
     vdev: Obj | None = None
     mdev_viommu: Obj | None = None
     mdev_vdev_id: int = 0
+    no_dirty: bool = False  # MOCK_FLAGS_DEVICE_NO_DIRTY
+    pasid_cap: bool = False  # MOCK_FLAGS_DEVICE_PASID
+    pasids: dict[int, Obj] = field(default_factory=dict)  # PASID -> attached HWPT
     # VIOMMU
     hwpt: Obj | None = None
     vdevs: dict[int, Obj] = field(default_factory=dict)
@@ -153,6 +208,9 @@ class Model:
         self.by_kid: dict[int, tuple[str, Obj]] = {}
         self.tombstones: set[int] = set()
         self._next = 0
+        #: IOMMU_OPTION_RLIMIT_MODE: account_mode is IOPT_PAGES_ACCOUNT_MM (kzalloc'd
+        #: context: NONE, reported as 0)
+        self.rlimit_mm = False
 
     # --- bookkeeping ------------------------------------------------------------------
 
@@ -216,11 +274,12 @@ class Model:
         if obj.kind == "HWPT_PAGING":
             return (
                 any(d.attached is obj for d in devices)
+                or self._pasid_held(obj)
                 or any(n.parent is obj and n.viommu is None for n in self.live("HWPT_NESTED"))
                 or any(v.hwpt is obj for v in self.live("VIOMMU"))
             )
         if obj.kind == "HWPT_NESTED":
-            return any(d.attached is obj for d in devices)
+            return any(d.attached is obj for d in devices) or self._pasid_held(obj)
         if obj.kind == "VIOMMU":
             return (
                 any(n.viommu is obj for n in self.live("HWPT_NESTED"))
@@ -234,6 +293,11 @@ class Model:
         if obj.kind == "VEVENTQ":
             return obj.fd_open
         return False
+
+    def _pasid_held(self, hwpt: Obj) -> bool:
+        """A PASID attachment holds ``hwpt`` (iommufd_hw_pagetable_attach takes a user
+        reference; a destroyed mock device detaches only IOMMU_NO_PASID, so it keeps them)."""
+        return any(hwpt in d.pasids.values() for d in self.objs.values() if d.kind == "DEVICE")
 
     # --- prediction -------------------------------------------------------------------
 
@@ -263,6 +327,33 @@ class Model:
 
         return self._p("ioas_alloc", {}, OK, commit)
 
+    def domains(self, ioas: Obj) -> list[Obj]:
+        """The paging HWPTs whose domains mirror ``ioas`` (iopt->domains)."""
+        return [h for h in self.live("HWPT_PAGING") if h.ioas is ioas]
+
+    def _add_area(self, ioas: Obj, area: tuple[int, int]) -> None:
+        """A map/copy landed: every domain of the IOAS maps it (large pages if allowed)."""
+        ioas.areas.append(area)
+        for hwpt in self.domains(ioas):
+            if ioas.huge and area[1] > 1:
+                hwpt.coarse.append(area)
+
+    def _remove_area(self, ioas: Obj, area: tuple[int, int]) -> None:
+        """An unmap removed ``area``: its pages leave every domain, dirty bits with them."""
+        ioas.areas.remove(area)
+        pages = set(range(area[0], area[0] + area[1]))
+        for hwpt in self.domains(ioas):
+            hwpt.dirty -= pages
+            if area in hwpt.coarse:
+                hwpt.coarse.remove(area)
+            hwpt.fuzzy = hwpt.fuzzy and bool(hwpt.coarse)
+
+    def _new_paging(self, kid: int, ioas: Obj, **attrs: Any) -> Obj:
+        """A paging HWPT over ``ioas``: iopt_table_add_domain fills it with the IOAS's areas."""
+        hwpt = self._new("HWPT_PAGING", kid, ioas=ioas, **attrs)
+        hwpt.coarse = [a for a in ioas.areas if ioas.huge and a[1] > 1]
+        return hwpt
+
     def _op_map(self, ioas: int | None, page: int, npages: int) -> Prediction:
         wire = {"ioas": self.kid(ioas), "page": page, "npages": npages}
         target = self.typed(wire["ioas"], "IOAS")
@@ -272,7 +363,7 @@ class Model:
             return self._p("map", wire, "EEXIST")
 
         def commit(obs: dict[str, Any]) -> None:
-            target.areas.append((page, npages))
+            self._add_area(target, (page, npages))
 
         return self._p("map", wire, OK, commit)
 
@@ -295,7 +386,7 @@ class Model:
 
         def commit(obs: dict[str, Any]) -> None:
             for area in removed:
-                target.areas.remove(area)
+                self._remove_area(target, area)
 
         if outcome != OK:
             return self._p("unmap", wire, outcome, commit)
@@ -309,7 +400,8 @@ class Model:
         total = sum(a[1] for a in target.areas)
 
         def commit(obs: dict[str, Any]) -> None:
-            target.areas.clear()
+            for area in list(target.areas):
+                self._remove_area(target, area)
 
         return self._p("unmap_all", wire, OK, commit, unmapped=total)
 
@@ -335,19 +427,33 @@ class Model:
             return self._p("copy", wire, "EEXIST")
 
         def commit(obs: dict[str, Any]) -> None:
-            target.areas.append((dst_page, npages))
+            self._add_area(target, (dst_page, npages))
 
         return self._p("copy", wire, OK, commit)
 
     # devices and attachment ------------------------------------------------------------
 
-    def _attach_check(self, dev: Obj | None, pt: tuple[str, Obj] | None) -> str:
-        """The errno of attaching a mock device to ``pt`` (OK when it attaches)."""
+    def _attach_check(
+        self, dev: Obj | None, pt: tuple[str, Obj] | None, no_dirty: bool = False
+    ) -> str:
+        """The errno of attaching a mock device to ``pt`` (OK when it attaches);
+        ``no_dirty``: a new device's MOCK_FLAGS_DEVICE_NO_DIRTY (``dev`` None)."""
         if pt is None:
             return "ENOENT"
         kind, obj = pt
         if kind not in ("HWPT_PAGING", "HWPT_NESTED", "IOAS"):
             return "EINVAL"
+        if kind == "IOAS" and self._auto_domain(obj) is None and obj.allowed_outside:
+            return "EADDRINUSE"  # the new auto domain's aperture reservation
+        if (
+            dev is not None
+            and dev.pasids
+            and obj is not dev.attached  # do_replace: the same HWPT is a no-op first
+            and (kind == "IOAS" or not obj.pasid_compat)
+        ):
+            return "EINVAL"  # iommufd_hwpt_pasid_compat: PASIDs attached, auto domains never
+        if obj.dirty_ops and (dev.no_dirty if dev is not None else no_dirty):
+            return "EINVAL"  # mock_domain_nop_attach
         if (
             kind == "HWPT_NESTED"
             and obj.viommu is not None
@@ -370,7 +476,7 @@ class Model:
             if observed != auto.kid:
                 raise ModelError(f"attach to IOAS {obj} gave HWPT {observed}, not {auto}")
             return auto
-        return self._new("HWPT_PAGING", observed, ioas=obj, auto=True)
+        return self._new_paging(observed, obj, auto=True)
 
     def _move(self, dev: Obj, new: Obj) -> None:
         """Attach ``dev`` to ``new``: the mock's vIOMMU bookkeeping, faults, auto domains."""
@@ -402,8 +508,11 @@ class Model:
             kid += 1
         return out
 
-    def _op_mock_device(self, pt: int | None) -> Prediction:
-        wire = {"pt": self.kid(pt)}
+    def _op_mock_device(self, pt: int | None, flags: str = "") -> Prediction:
+        """MOCK_DOMAIN (``flags`` "") or MOCK_DOMAIN_FLAGS with one of DEVICE_FLAGS."""
+        wire: dict[str, Any] = {"pt": self.kid(pt)}
+        if flags:
+            wire["flags"] = flags
         # MOCK_DOMAIN allocates its selftest object (finalized only on success: ENOENT
         # until then) and binds the device (finalized at once) before it looks up pt_id:
         # a pt_id naming the new device's own ID finds a device, not a page table
@@ -411,7 +520,7 @@ class Model:
         if wire["pt"] == idev:
             return self._p("mock_device", wire, "EINVAL")
         found = self.lookup(wire["pt"])
-        outcome = self._attach_check(None, found)
+        outcome = self._attach_check(None, found, no_dirty=flags == "nodirty")
         if outcome != OK:
             return self._p("mock_device", wire, outcome)
         assert found is not None
@@ -423,7 +532,10 @@ class Model:
             expect_hwpt = {"hwpt": auto.kid}
 
         def commit(obs: dict[str, Any]) -> None:
-            dev = self._new("DEVICE", obs["stdev"], idev=obs["idev"])
+            dev = self._new(
+                "DEVICE", obs["stdev"], idev=obs["idev"],
+                no_dirty=flags == "nodirty", pasid_cap=flags == "pasid",
+            )  # fmt: skip
             self.by_kid[dev.idev] = ("DEVICE", dev)
             self.by_kid[dev.kid] = ("SELFTEST", dev)
             self._move(dev, self._target_hwpt(kind, obj, obs["hwpt"]))
@@ -461,8 +573,11 @@ class Model:
         nest_parent: bool = False,
         data: str = "none",
         fault: int | None = -1,
+        dirty: bool = False,
+        pasid: bool = False,
     ) -> Prediction:
-        """IOMMU_HWPT_ALLOC; ``fault`` -1 for none, else a fault handle (None: bogus)."""
+        """IOMMU_HWPT_ALLOC; ``fault`` -1 for none, else a fault handle (None: bogus);
+        ``dirty``: IOMMU_HWPT_ALLOC_DIRTY_TRACKING."""
         wire: dict[str, Any] = {
             "dev": self.kid(dev, "DEVICE"),
             "pt": self.kid(pt),
@@ -470,6 +585,10 @@ class Model:
             "data": data,
             "fault": -1 if fault == -1 else self.kid(fault),
         }
+        if dirty:
+            wire["dirty"] = True
+        if pasid:
+            wire["pasid"] = True
         has_fault = fault != -1
 
         def p(outcome: str, commit: Commit | None = None) -> Prediction:
@@ -482,16 +601,21 @@ class Model:
         if found is None:
             return p("EINVAL")
         kind, obj = found
-        if kind == "IOAS":
+        if kind == "IOAS":  # iommufd_hwpt_paging_alloc
+            if dirty and idev.no_dirty:  # !device_iommu_capable(DIRTY_TRACKING)
+                return p("EOPNOTSUPP")
             if has_fault and nest_parent:
                 return p("EOPNOTSUPP")
             if data == "badtype":
                 return p("EOPNOTSUPP")
             if data == "short":
                 return p("EINVAL")
-            new_kind, attrs = "HWPT_PAGING", {"ioas": obj, "nest_parent": nest_parent}
+            if obj.allowed_outside:  # iopt_table_add_domain reserves outside the aperture
+                return p("EADDRINUSE")
+            new_kind = "HWPT_PAGING"
+            attrs: dict[str, Any] = {"ioas": obj, "nest_parent": nest_parent, "dirty_ops": dirty}
         elif kind in ("HWPT_PAGING", "VIOMMU"):
-            if nest_parent or data == "none":
+            if nest_parent or dirty or data == "none":  # flags other than FAULT_ID/PASID
                 return p("EOPNOTSUPP")
             if kind == "HWPT_PAGING" and (obj.auto or not obj.nest_parent):
                 return p("EINVAL")
@@ -512,7 +636,10 @@ class Model:
                 return p("ENOENT")
 
         def commit(obs: dict[str, Any]) -> None:
-            self._new(new_kind, obs["id"], fault=fault_obj, **attrs)
+            if new_kind == "HWPT_PAGING":
+                self._new_paging(obs["id"], fault=fault_obj, pasid_compat=pasid, **attrs)
+            else:
+                self._new(new_kind, obs["id"], fault=fault_obj, pasid_compat=pasid, **attrs)
 
         return p(OK, commit)
 
@@ -758,6 +885,326 @@ class Model:
             closing.fd_open = False
 
         return self._p("close_fd", wire, OK, commit)
+
+    # IOMMU_OPTION ----------------------------------------------------------------------
+
+    def _op_option(
+        self, option: str, action: str, target: int | None = -1, value: int = 0
+    ) -> Prediction:
+        """IOMMU_OPTION: ``option`` one of OPTIONS, ``action`` (the op field) one of
+        OPTION_OPS; ``target`` -1 sends object_id 0, else a handle (None: bogus).
+        iommufd_option switches on option_id first; RLIMIT_MODE refuses any object_id,
+        HUGE_PAGES looks the IOAS up before it reads the op (iommufd_option_rlimit_mode,
+        iommufd_ioas_option)."""
+        wire: dict[str, Any] = {
+            "option": option,
+            "action": action,
+            "object_id": 0 if target == -1 else self.kid(target),
+            "value": value,
+        }
+
+        def p(outcome: str, commit: Commit | None = None, **fields: Any) -> Prediction:
+            return self._p("option", wire, outcome, commit, **fields)
+
+        if option == "bogus":
+            return p("EOPNOTSUPP")
+        if option == "rlimit":
+            if wire["object_id"]:
+                return p("EOPNOTSUPP")
+            if action == "get":
+                return p(OK, value=int(self.rlimit_mm))
+            if action == "bad":
+                return p("EOPNOTSUPP")
+            # capable(CAP_SYS_RESOURCE): the agent runs as root; then xa_empty(objects)
+            if self.by_kid or self.tombstones:
+                return p("EBUSY")
+            if value not in (0, 1):
+                return p("EINVAL")
+
+            def set_mode(obs: dict[str, Any]) -> None:
+                self.rlimit_mm = value == 1
+
+            return p(OK, set_mode)
+        ioas = self.typed(wire["object_id"], "IOAS")
+        if ioas is None:
+            return p("ENOENT")
+        if action == "get":
+            return p(OK, value=int(ioas.huge))
+        if action == "bad":
+            return p("EOPNOTSUPP")
+        if value == 1:  # iopt_enable_large_pages
+
+            def enable(obs: dict[str, Any]) -> None:
+                ioas.huge = True
+
+            return p(OK, enable)
+        if value != 0:
+            return p("EINVAL")
+        # iopt_disable_large_pages: refused once a domain has pages mapped
+        if ioas.huge and self.domains(ioas) and ioas.areas:
+            return p("EINVAL")
+
+        def disable(obs: dict[str, Any]) -> None:
+            ioas.huge = False
+
+        return p(OK, disable)
+
+    # IOMMU_GET_HW_INFO ------------------------------------------------------------------
+
+    def _op_hw_info(self, dev: int | None, data_type: str = "none") -> Prediction:
+        """IOMMU_GET_HW_INFO of a mock device; ``data_type`` one of HW_INFO_TYPES.  The
+        mock answers the default and its own type (mock_domain_hw_info); the core adds
+        the capabilities (dirty tracking unless NO_DIRTY; ATS never: not a PCI device)
+        and log2 of max_pasids (MOCK_PASID_WIDTH for a PASID device, else 0)."""
+        wire: dict[str, Any] = {"dev": self.kid(dev, "DEVICE"), "data_type": data_type}
+        device = self.typed(wire["dev"], "DEVICE")
+        if device is None:
+            return self._p("hw_info", wire, "ENOENT")
+        if data_type not in ("none", "default", "selftest"):
+            return self._p("hw_info", wire, "EOPNOTSUPP")
+        caps = HW_CAP_PCI_ATS_NOT_SUPPORTED | (0 if device.no_dirty else HW_CAP_DIRTY_TRACKING)
+        fields = {
+            "type": HW_INFO_TYPE_SELFTEST,
+            "length": HW_INFO_LEN,
+            "test_reg": HW_INFO_SELFTEST_REGVAL,
+            "capabilities": caps,
+            "max_pasid_log2": MOCK_PASID_WIDTH if device.pasid_cap else 0,
+        }
+        return self._p("hw_info", wire, OK, None, **fields)
+
+    # allowed and usable IOVA ranges ----------------------------------------------------
+
+    def _op_iova_ranges(self, ioas: int | None, capacity: int = 8) -> Prediction:
+        """IOMMU_IOAS_IOVA_RANGES: the holes of the reserved tree.  Each mock domain
+        reserves everything outside its aperture (iopt_table_add_domain); mock devices have
+        no reserved regions.  EMSGSIZE when ``capacity`` is too small (after the respond)."""
+        wire = {"ioas": self.kid(ioas), "capacity": capacity}
+        target = self.typed(wire["ioas"], "IOAS")
+        if target is None:
+            return self._p("iova_ranges", wire, "ENOENT")
+        domains = self.domains(target)
+        ranges = [[APERTURE_START, APERTURE_LAST]] if domains else [[0, U64_MAX]]
+        if len(ranges) > capacity:
+            return self._p("iova_ranges", wire, "EMSGSIZE")
+        # iopt_calculate_iova_alignment: PAGE_SIZE without large pages, the domains' page
+        align = max(1 if target.huge else PAGE_SIZE, MOCK_PAGE if domains else 1)
+        return self._p("iova_ranges", wire, OK, None, ranges=ranges, alignment=align)
+
+    def _op_allow_iovas(self, ioas: int | None, kind: str) -> Prediction:
+        """IOMMU_IOAS_ALLOW_IOVAS with a list of ALLOW_KINDS: ``clear`` (none), ``inside``
+        (16 pages in the aperture), ``outside`` (below the aperture), ``inverted`` (start
+        == last), ``overlap`` (two ranges sharing a page).  iommufd_ioas_load_iovas refuses
+        the last two (EINVAL); iopt_set_allow_iova refuses a range over a reserved one
+        (EADDRINUSE: outside the aperture while the IOAS has a domain).  Allowed ranges
+        only steer IOVA allocation (the fuzzer maps at fixed IOVAs), but a range outside
+        the aperture makes a new domain's reservation fail (``_attach_check``)."""
+        wire: dict[str, Any] = {"ioas": self.kid(ioas), "kind": kind}
+        target = self.typed(wire["ioas"], "IOAS")
+        if target is None:
+            return self._p("allow_iovas", wire, "ENOENT")
+        if kind in ("inverted", "overlap"):
+            return self._p("allow_iovas", wire, "EINVAL")
+        outside = kind == "outside"
+        if outside and self.domains(target):
+            return self._p("allow_iovas", wire, "EADDRINUSE")
+
+        def commit(obs: dict[str, Any]) -> None:
+            target.allowed_outside = outside
+
+        return self._p("allow_iovas", wire, OK, commit)
+
+    # dirty tracking --------------------------------------------------------------------
+
+    def _op_set_dirty_tracking(
+        self, hwpt: int | None, enable: bool, badflags: bool = False
+    ) -> Prediction:
+        """IOMMU_HWPT_SET_DIRTY_TRACKING (iommufd_hwpt_set_dirty_tracking): flags, then
+        a HWPT_PAGING (ENOENT for any other type), then dirty ops (EOPNOTSUPP unless
+        allocated with DIRTY_TRACKING); enabling clears every dirty bit first."""
+        wire: dict[str, Any] = {"hwpt": self.kid(hwpt), "enable": enable, "badflags": badflags}
+        if badflags:
+            return self._p("set_dirty_tracking", wire, "EOPNOTSUPP")
+        target = self.typed(wire["hwpt"], "HWPT_PAGING")
+        if target is None:
+            return self._p("set_dirty_tracking", wire, "ENOENT")
+        if not target.dirty_ops:
+            return self._p("set_dirty_tracking", wire, "EOPNOTSUPP")
+
+        def commit(obs: dict[str, Any]) -> None:
+            if enable:  # iopt_clear_dirty_data
+                target.dirty.clear()
+                target.fuzzy = False
+            target.tracking = enable
+
+        return self._p("set_dirty_tracking", wire, OK, commit)
+
+    def _op_mark_dirty(self, hwpt: int | None, page: int, npages: int, mask: int) -> Prediction:
+        """IOMMU_TEST_OP_DIRTY: mark the pages of ``mask`` (bit i: page + i) dirty in a
+        mock domain (iommufd_test_dirty).  Needs tracking on (EINVAL); an unmapped page
+        marks nothing but still counts in out_nr_dirty."""
+        wire = {"hwpt": self.kid(hwpt), "page": page, "npages": npages, "mask": mask}
+        target = self.typed(wire["hwpt"], "HWPT_PAGING")
+        if target is None:
+            return self._p("mark_dirty", wire, "ENOENT")
+        if not target.tracking:
+            return self._p("mark_dirty", wire, "EINVAL")
+        marked = [page + i for i in range(npages) if mask >> i & 1]
+        assert target.ioas is not None
+        ioas = target.ioas
+
+        def commit(obs: dict[str, Any]) -> None:
+            for p in marked:
+                area = next((a for a in ioas.areas if a[0] <= p < a[0] + a[1]), None)
+                if area is None:
+                    continue
+                target.dirty.add(p)
+                if area in target.coarse:
+                    target.fuzzy = True
+
+        return self._p("mark_dirty", wire, OK, commit, count=len(marked))
+
+    def _op_dirty_bitmap(
+        self, hwpt: int | None, page: int, npages: int, shape: str = "ok", no_clear: bool = False
+    ) -> Prediction:
+        """IOMMU_HWPT_GET_DIRTY_BITMAP over pages [page, page + npages), one bit per page;
+        ``shape`` one of BITMAP_SHAPES.  Order (iommufd_hwpt_get_dirty_bitmap): flags,
+        the HWPT_PAGING, iommufd_check_iova_range (EINVAL for zero length or an unaligned
+        IOVA, EOVERFLOW for a wrap), then dirty ops (EOPNOTSUPP).  Only the run of
+        mapped pages from ``page`` is read; without NO_CLEAR the bits read are cleared.
+        ``bitmap`` is predicted unless a mark hit a large-page entry (``Obj.fuzzy``)."""
+        wire: dict[str, Any] = {"hwpt": self.kid(hwpt), "page": page, "npages": npages,
+                                "shape": shape, "no_clear": no_clear}  # fmt: skip
+        if shape == "badflags":
+            return self._p("dirty_bitmap", wire, "EOPNOTSUPP")
+        target = self.typed(wire["hwpt"], "HWPT_PAGING")
+        if target is None:
+            return self._p("dirty_bitmap", wire, "ENOENT")
+        if shape in ("zero", "unaligned"):
+            return self._p("dirty_bitmap", wire, "EINVAL")
+        if shape == "wrap":
+            return self._p("dirty_bitmap", wire, "EOVERFLOW")
+        if not target.dirty_ops:
+            return self._p("dirty_bitmap", wire, "EOPNOTSUPP")
+        # __iommu_read_and_clear_dirty walks the areas contiguous from ``page`` only
+        # (iopt_for_each_contig_area): past a hole nothing is read or cleared, and the
+        # walk's EINVAL is dropped (the fuzzer found the model's first guess, every mapped
+        # page of the range, wrong)
+        assert target.ioas is not None
+        mapped = {p for a in target.ioas.areas for p in range(a[0], a[0] + a[1])}
+        span: set[int] = set()
+        while page + len(span) in mapped and len(span) < npages:
+            span.add(page + len(span))
+        fields = {}
+        if not target.fuzzy:
+            fields["bitmap"] = sum(1 << (p - page) for p in target.dirty & span)
+
+        def commit(obs: dict[str, Any]) -> None:
+            if not no_clear:
+                target.dirty -= span
+
+        return self._p("dirty_bitmap", wire, OK, commit, **fields)
+
+    # PASID attachments of mock devices (IOMMU_TEST_OP_PASID_*) --------------------------
+
+    def _op_pasid_attach(self, dev: int | None, pasid: int, pt: int | None) -> Prediction:
+        """PASID_ATTACH (iommufd_device_attach with a PASID).  Order: the selftest object,
+        the pt (iommufd_device_change_pt), the PASID slot (iommufd_hw_pagetable_attach:
+        EBUSY), then iommufd_hwpt_pasid_compat (the HWPT and the device's IOMMU_NO_PASID
+        HWPT allocated with IOMMU_HWPT_ALLOC_PASID), then iommu_attach_device_pasid (a
+        PASID past max_pasids).  An IOAS gets an auto domain, never PASID-compatible: EINVAL."""
+        wire = {"dev": self.kid(dev), "pasid": pasid, "pt": self.kid(pt)}
+        device = self.typed(wire["dev"], "SELFTEST")
+        if device is None:
+            return self._p("pasid_attach", wire, "ENOENT")
+        found = self.lookup(wire["pt"])
+        if found is None:
+            return self._p("pasid_attach", wire, "ENOENT")
+        kind, obj = found
+        if kind not in ("HWPT_PAGING", "HWPT_NESTED", "IOAS"):
+            return self._p("pasid_attach", wire, "EINVAL")
+        if pasid in device.pasids:
+            return self._p("pasid_attach", wire, "EBUSY")
+        if kind == "IOAS" or not obj.pasid_compat:
+            return self._p("pasid_attach", wire, "EINVAL")
+        if device.attached is not None and not device.attached.pasid_compat:
+            return self._p("pasid_attach", wire, "EINVAL")
+        if pasid >= self.max_pasids(device):
+            return self._p("pasid_attach", wire, "EINVAL")
+
+        def commit(obs: dict[str, Any]) -> None:
+            device.pasids[pasid] = obj
+
+        return self._p("pasid_attach", wire, OK, commit)
+
+    @staticmethod
+    def max_pasids(device: Obj) -> int:
+        """dev_iommu_get_max_pasids: 1 << the "pasid-num-bits" property, which the mock
+        sets to 0 without MOCK_FLAGS_DEVICE_PASID: such a device has max_pasids 1, not 0,
+        so every PASID is refused (the fuzzer found the model's first guess, 0 and no
+        check at all, wrong)."""
+        return 1 << (MOCK_PASID_WIDTH if device.pasid_cap else 0)
+
+    def _op_pasid_replace(self, dev: int | None, pasid: int, pt: int | None) -> Prediction:
+        """PASID_REPLACE (iommufd_device_replace with a PASID): EINVAL unless the PASID is
+        attached (iommufd_device_do_replace); the same HWPT is a no-op; then the compat
+        check.  An IOAS: a new auto domain is added first (EADDRINUSE when an allowed range
+        is in the way), then refused (EINVAL)."""
+        wire = {"dev": self.kid(dev), "pasid": pasid, "pt": self.kid(pt)}
+        device = self.typed(wire["dev"], "SELFTEST")
+        if device is None:
+            return self._p("pasid_replace", wire, "ENOENT")
+        found = self.lookup(wire["pt"])
+        if found is None:
+            return self._p("pasid_replace", wire, "ENOENT")
+        kind, obj = found
+        if kind not in ("HWPT_PAGING", "HWPT_NESTED", "IOAS"):
+            return self._p("pasid_replace", wire, "EINVAL")
+        if kind == "IOAS":
+            return self._p("pasid_replace", wire, "EADDRINUSE" if obj.allowed_outside else "EINVAL")
+        old = device.pasids.get(pasid)
+        if old is None:
+            return self._p("pasid_replace", wire, "EINVAL")
+        if old is obj:
+            return self._p("pasid_replace", wire, OK)
+        if not obj.pasid_compat:
+            return self._p("pasid_replace", wire, "EINVAL")
+        if device.attached is not None and not device.attached.pasid_compat:
+            return self._p("pasid_replace", wire, "EINVAL")
+
+        def commit(obs: dict[str, Any]) -> None:
+            device.pasids[pasid] = obj
+
+        return self._p("pasid_replace", wire, OK, commit)
+
+    def _op_pasid_detach(self, dev: int | None, pasid: int) -> Prediction:
+        """PASID_DETACH: succeeds whether or not the PASID is attached."""
+        wire = {"dev": self.kid(dev), "pasid": pasid}
+        device = self.typed(wire["dev"], "SELFTEST")
+        if device is None:
+            return self._p("pasid_detach", wire, "ENOENT")
+
+        def commit(obs: dict[str, Any]) -> None:
+            device.pasids.pop(pasid, None)
+
+        return self._p("pasid_detach", wire, OK, commit)
+
+    def _op_pasid_check(self, dev: int | None, pasid: int, hwpt: int | None = -1) -> Prediction:
+        """PASID_CHECK_HWPT (iommufd_test_pasid_check_hwpt): the kernel's own view of the
+        attachment.  ``hwpt`` -1 sends 0 (is it detached?); a non-HWPT ID is EINVAL
+        (iommufd_get_hwpt), a missing one ENOENT; EINVAL when the domain differs."""
+        wire = {"dev": self.kid(dev), "pasid": pasid, "hwpt": 0 if hwpt == -1 else self.kid(hwpt)}
+        device = self.typed(wire["dev"], "SELFTEST")
+        if device is None:
+            return self._p("pasid_check", wire, "ENOENT")
+        attached = device.pasids.get(pasid)
+        if hwpt == -1:
+            return self._p("pasid_check", wire, "EINVAL" if attached is not None else OK)
+        found = self.lookup(wire["hwpt"])
+        if found is None:
+            return self._p("pasid_check", wire, "ENOENT")
+        if found[0] not in ("HWPT_PAGING", "HWPT_NESTED") or found[1] is not attached:
+            return self._p("pasid_check", wire, "EINVAL")
+        return self._p("pasid_check", wire, OK)
 
 
 def _overlaps(areas: list[tuple[int, int]], page: int, npages: int) -> bool:

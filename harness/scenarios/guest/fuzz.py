@@ -36,6 +36,31 @@ SELFTEST_DATA = bytes(t.iommu_hwpt_selftest(iotlb=t.IOMMU_TEST_IOTLB_DEFAULT))
 EVENT_PAYLOAD = ctypes.sizeof(t.iommu_viommu_event_selftest)
 PGFAULT = ctypes.sizeof(uapi.iommu_hwpt_pgfault)
 QUEUE_LINKS = ("[iommufd-viommu-event]", "[iommufd-pgfault]")
+DEV_FLAGS = {"": 0, "nodirty": t.MOCK_FLAGS_DEVICE_NO_DIRTY, "pasid": t.MOCK_FLAGS_DEVICE_PASID}
+OPTION_IDS = {
+    "rlimit": int(uapi.IOMMU_OPTION_RLIMIT_MODE),
+    "huge": int(uapi.IOMMU_OPTION_HUGE_PAGES),
+    "bogus": 0xFFFF,
+}
+OPTION_OPS = {"get": int(uapi.IOMMU_OPTION_OP_GET), "set": int(uapi.IOMMU_OPTION_OP_SET), "bad": 7}
+HW_INFO_TYPES = {
+    "none": None,
+    "default": int(uapi.IOMMU_HW_INFO_TYPE_DEFAULT),
+    "selftest": t.IOMMU_HW_INFO_TYPE_SELFTEST,
+    "vtd": int(uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD),
+}
+#: IOMMU_IOAS_ALLOW_IOVAS lists as inclusive (start, last) ranges
+ALLOW_LISTS = {
+    "clear": [],
+    "inside": [(APERTURE, APERTURE + PAGES * PAGE_SIZE - 1)],
+    "outside": [(0, APERTURE - 1)],
+    "inverted": [(APERTURE, APERTURE)],
+    "overlap": [
+        (APERTURE, APERTURE + 2 * PAGE_SIZE - 1),
+        (APERTURE + PAGE_SIZE, APERTURE + 4 * PAGE_SIZE - 1),
+    ],
+}
+HIGH = U64_MAX - PAGE_SIZE + 1
 #: planted bugs: name -> what the executor gets wrong
 PLANTS = {
     "invalidate-nested-viommu-with-veventq": (
@@ -127,8 +152,8 @@ class Session:
 
     # --- devices ----------------------------------------------------------------------
 
-    def mock_device(self, pt: int) -> dict[str, Any]:
-        dev = self.st.mock_domain(pt)
+    def mock_device(self, pt: int, flags: str = "") -> dict[str, Any]:
+        dev = self.st.mock_domain(pt, dev_flags=DEV_FLAGS[flags])
         return {"stdev": dev.id, "idev": dev.dev_id, "hwpt": dev.hwpt_id}
 
     def replace(self, dev: int, pt: int) -> dict[str, Any]:
@@ -140,9 +165,20 @@ class Session:
     # --- HWPTs and the vIOMMU ---------------------------------------------------------
 
     def hwpt_alloc(
-        self, dev: int, pt: int, nest_parent: bool, data: str, fault: int
+        self,
+        dev: int,
+        pt: int,
+        nest_parent: bool,
+        data: str,
+        fault: int,
+        dirty: bool = False,
+        pasid: bool = False,
     ) -> dict[str, Any]:
         flags = int(uapi.IOMMU_HWPT_ALLOC_NEST_PARENT) if nest_parent else 0
+        if dirty:
+            flags |= int(uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+        if pasid:
+            flags |= int(uapi.IOMMU_HWPT_ALLOC_PASID)
         data_type, payload, length = {
             "none": (int(uapi.IOMMU_HWPT_DATA_NONE), None, None),
             "valid": (t.IOMMU_HWPT_DATA_SELFTEST, SELFTEST_DATA, None),
@@ -190,6 +226,112 @@ class Session:
 
     def destroy(self, id: int) -> dict[str, Any]:
         self.ictx.destroy(id)
+        return {}
+
+    # --- options, hardware info, IOVA ranges ------------------------------------------
+
+    def option(self, option: str, action: str, object_id: int, value: int) -> dict[str, Any]:
+        """IOMMU_OPTION; ``action`` is the op field (``op`` names the step)."""
+        request = OPTION_OPS[action]
+        val = self.ictx.option(OPTION_IDS[option], request, object_id=object_id, val64=value)
+        return {"value": val} if action == "get" else {}
+
+    def hw_info(self, dev: int, data_type: str) -> dict[str, Any]:
+        info = self.ictx.hw_info(dev, data_len=64, data_type=HW_INFO_TYPES[data_type])
+        return {
+            "type": info.data_type,
+            "length": info.data_len,
+            "test_reg": int.from_bytes(info.data[4:8], "little"),
+            "capabilities": info.capabilities,
+            "max_pasid_log2": info.max_pasid_log2,
+        }
+
+    def iova_ranges(self, ioas: int, capacity: int) -> dict[str, Any]:
+        array = (uapi.iommu_iova_range * max(capacity, 1))()
+        cmd = uapi.iommu_ioas_iova_ranges(
+            ctypes.sizeof(uapi.iommu_ioas_iova_ranges), ioas, capacity, 0,
+            ctypes.addressof(array), 0,
+        )  # fmt: skip
+        self._call("IOMMU_IOAS_IOVA_RANGES", uapi.IOMMU_IOAS_IOVA_RANGES, cmd)
+        count = int(cmd.num_iovas)
+        return {
+            "ranges": [[int(r.start), int(r.last)] for r in array[:count]],
+            "alignment": int(cmd.out_iova_alignment),
+        }
+
+    def allow_iovas(self, ioas: int, kind: str) -> dict[str, Any]:
+        ranges = ALLOW_LISTS[kind]
+        array = (uapi.iommu_iova_range * max(len(ranges), 1))(
+            *(uapi.iommu_iova_range(start, last) for start, last in ranges)
+        )
+        cmd = uapi.iommu_ioas_allow_iovas(
+            ctypes.sizeof(uapi.iommu_ioas_allow_iovas), ioas, len(ranges), 0,
+            ctypes.addressof(array),
+        )  # fmt: skip
+        self._call("IOMMU_IOAS_ALLOW_IOVAS", uapi.IOMMU_IOAS_ALLOW_IOVAS, cmd)
+        return {}
+
+    # --- dirty tracking ---------------------------------------------------------------
+
+    def set_dirty_tracking(self, hwpt: int, enable: bool, badflags: bool) -> dict[str, Any]:
+        flags = 1 << 31 if badflags else int(enable)
+        cmd = uapi.iommu_hwpt_set_dirty_tracking(
+            ctypes.sizeof(uapi.iommu_hwpt_set_dirty_tracking), flags, hwpt, 0
+        )
+        self._call("IOMMU_HWPT_SET_DIRTY_TRACKING", uapi.IOMMU_HWPT_SET_DIRTY_TRACKING, cmd)
+        return {}
+
+    def mark_dirty(self, hwpt: int, page: int, npages: int, mask: int) -> dict[str, Any]:
+        count = self.st.set_dirty(
+            hwpt, APERTURE + page * PAGE_SIZE, npages * PAGE_SIZE, PAGE_SIZE,
+            mask.to_bytes(8, "little"),
+        )  # fmt: skip
+        return {"count": count}
+
+    def dirty_bitmap(
+        self, hwpt: int, page: int, npages: int, shape: str, no_clear: bool
+    ) -> dict[str, Any]:
+        iova, length, flags = APERTURE + page * PAGE_SIZE, npages * PAGE_SIZE, 0
+        if shape == "zero":
+            length = 0
+        elif shape == "unaligned":
+            iova += PAGE_SIZE // 4
+        elif shape == "wrap":
+            iova, length = HIGH, 2 * PAGE_SIZE
+        elif shape == "badflags":
+            flags = 1 << 31
+        if no_clear:
+            flags |= int(uapi.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR)
+        bitmap = ctypes.create_string_buffer(8)
+        cmd = uapi.iommu_hwpt_get_dirty_bitmap(
+            ctypes.sizeof(uapi.iommu_hwpt_get_dirty_bitmap), hwpt, flags, 0, iova, length,
+            PAGE_SIZE, ctypes.addressof(bitmap),
+        )  # fmt: skip
+        self._call("IOMMU_HWPT_GET_DIRTY_BITMAP", uapi.IOMMU_HWPT_GET_DIRTY_BITMAP, cmd)
+        return {"bitmap": int.from_bytes(bitmap.raw, "little")}
+
+    # --- PASID attachments of mock devices --------------------------------------------
+
+    def _pasid_cmd(self, op: int, dev: int, pasid: int, pt: int) -> None:
+        cmd = self.st.cmd(op, dev)
+        cmd.pasid_attach.pasid = pasid  # attach, replace, detach, check share the layout
+        cmd.pasid_attach.pt_id = pt
+        self.st.call(cmd)
+
+    def pasid_attach(self, dev: int, pasid: int, pt: int) -> dict[str, Any]:
+        self._pasid_cmd(t.IOMMU_TEST_OP_PASID_ATTACH, dev, pasid, pt)
+        return {}
+
+    def pasid_replace(self, dev: int, pasid: int, pt: int) -> dict[str, Any]:
+        self._pasid_cmd(t.IOMMU_TEST_OP_PASID_REPLACE, dev, pasid, pt)
+        return {}
+
+    def pasid_detach(self, dev: int, pasid: int) -> dict[str, Any]:
+        self._pasid_cmd(t.IOMMU_TEST_OP_PASID_DETACH, dev, pasid, 0)
+        return {}
+
+    def pasid_check(self, dev: int, pasid: int, hwpt: int) -> dict[str, Any]:
+        self._pasid_cmd(t.IOMMU_TEST_OP_PASID_CHECK_HWPT, dev, pasid, hwpt)
         return {}
 
     # --- invalidation -----------------------------------------------------------------
