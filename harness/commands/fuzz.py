@@ -64,6 +64,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="steps per example (one fresh /dev/iommu each)")  # fmt: skip
     parser.add_argument("--plant", help="a planted executor bug to find (tests the fuzzer)")
     parser.add_argument(
+        "--walk-into-known-bugs", action="store_true",
+        help="do not steer around the kernel bugs the fuzzer found (docs/FUZZ.md): to check a fix",
+    )  # fmt: skip
+    parser.add_argument(
         "--database", type=Path,
         help="hypothesis example database (default: under the harness cache)",
     )  # fmt: skip
@@ -98,6 +102,7 @@ def run_fuzz(
     kernel_flavor: str | None = None,
     steps: int = STEPS_PER_EXAMPLE,
     plant: str | None = None,
+    walk_into_known_bugs: bool = False,
     database: Path | None = None,
     artifacts: Path | None = None,
     accel: str = "auto",
@@ -132,6 +137,7 @@ def run_fuzz(
         if tier == 1:
             preflight(guest)
             executor = GuestExecutor(guest, plant)
+            facts = {"avoid_known_bugs": not walk_into_known_bugs}
         else:
             cdev, observer = tier2_setup(guest)
             facts = {"facts": observer.facts()}
@@ -142,6 +148,7 @@ def run_fuzz(
         summary = result.summary()
         summary.update(
             arch=arch, tier=tier, kernel_flavor=flavor, plant=plant, accel=guest.vm.accel,
+            walk_into_known_bugs=walk_into_known_bugs,
             artifacts=str(artifacts), database=str(database),
         )  # fmt: skip
         if observer is not None:
@@ -207,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else new_seed()
     summary = run_fuzz(
         args.arch, tier=args.tier, budget=budget, seed=seed, kernel_flavor=args.kernel_flavor,
-        steps=args.steps, plant=args.plant, database=args.database, artifacts=args.artifacts,
+        steps=args.steps, plant=args.plant, walk_into_known_bugs=args.walk_into_known_bugs,
+        database=args.database, artifacts=args.artifacts,
         accel=args.accel, qemu=args.qemu,
     )  # fmt: skip
     print(json.dumps(summary, indent=1, default=str) if args.json else report(summary))
