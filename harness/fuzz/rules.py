@@ -356,6 +356,46 @@ class CommonRules(FuzzMachine):
             return
         self._do("destroy_any", self.model.predict("destroy", target=obj))
 
+    # --- vDEVICE (a vIOMMU and a device of the tier) ------------------------------
+
+    @precondition(lambda self: self._has("DEVICE") and self._has("VIOMMU"))
+    @rule(target=vdevices, data=st.data(), virt_id=st.integers(0, 3))
+    def vdevice_alloc(self, data: st.DataObject, virt_id: int) -> Any:
+        viommu = self._pick(data, "viommu", "VIOMMU")
+        dev = self._pick(data, "dev", "DEVICE")
+        pred = self.model.predict("vdevice_alloc", viommu=viommu, dev=dev, virt_id=virt_id)
+        return self._created("vdevice_alloc", pred)
+
+    # --- the first parts of a nesting stack (each tier's ``nesting_stack``) --------------
+
+    def _made(self, rule_name: str, pred: Prediction) -> int | None:
+        """Run an allocation step; the handle of what it made (an auto domain aside)."""
+        before = self.model._next
+        self._do(rule_name, pred)
+        new = [h for h in range(before, self.model._next) if not self.model.objs[h].auto]
+        return new[0] if new else None
+
+    def _stack_viommu(
+        self, data: st.DataObject, parts: list[bool], dev: int, nest_parent: dict[str, Any]
+    ) -> int | None:
+        """A nest parent (made with the tier's ``nest_parent`` arguments when ``parts[0]``,
+        else an existing one) and a vIOMMU over it (made when ``parts[1]``, else an
+        existing one); the vIOMMU's handle, or None when there is none."""
+        m = self.model
+        parent: int | None = None
+        if parts[0]:
+            ioas = self._pick(data, "ioas", "IOAS", stale=False)
+            pred = m.predict("hwpt_alloc", dev=dev, pt=ioas, **nest_parent)
+            parent = self._made("stack:nest_parent", pred)
+        elif parents := [h for h in m.handles("HWPT_PAGING", alive=True)
+                         if m.objs[h].nest_parent]:  # fmt: skip
+            parent = data.draw(st.sampled_from(parents), "parent")
+        if parent is not None and parts[1]:
+            return self._made("stack:viommu", m.predict("viommu_alloc", dev=dev, hwpt=parent))
+        if viommus := m.handles("VIOMMU", alive=True):
+            return data.draw(st.sampled_from(viommus), "viommu")
+        return None
+
     def _known_bug(self, handle: int) -> bool:
         """Whether destroying ``handle`` walks into a kernel bug a subclass steers around."""
         return False
@@ -490,28 +530,8 @@ class NestingMachine(CommonRules):
         parts = [c != 0 for c in choices]
         m = self.model
         dev = self._pick(data, "dev", "DEVICE", stale=False)
-
-        def made(rule_name: str, pred: Prediction) -> int | None:
-            before = m._next
-            self._do(rule_name, pred)
-            new = [h for h in range(before, m._next) if not m.objs[h].auto]
-            return new[0] if new else None
-
-        parent: int | None = None
-        if parts[0]:
-            ioas = self._pick(data, "ioas", "IOAS", stale=False)
-            parent = made(
-                "stack:nest_parent",
-                m.predict("hwpt_alloc", dev=dev, pt=ioas, nest_parent=True, data="none"),
-            )
-        elif parents := [h for h in m.handles("HWPT_PAGING", alive=True)
-                         if m.objs[h].nest_parent]:  # fmt: skip
-            parent = data.draw(st.sampled_from(parents), "parent")
-        viommu: int | None = None
-        if parent is not None and parts[1]:
-            viommu = made("stack:viommu", m.predict("viommu_alloc", dev=dev, hwpt=parent))
-        elif viommus := m.handles("VIOMMU", alive=True):
-            viommu = data.draw(st.sampled_from(viommus), "viommu")
+        made = self._made
+        viommu = self._stack_viommu(data, parts, dev, {"nest_parent": True, "data": "none"})
         if viommu is None:
             return
         if parts[2]:
@@ -543,14 +563,6 @@ class NestingMachine(CommonRules):
         hwpt = self._pick(data, "nest parent", "HWPT_PAGING")
         pred = self.model.predict("viommu_alloc", dev=dev, hwpt=hwpt)
         return self._created("viommu_alloc", pred)
-
-    @precondition(lambda self: self._has("DEVICE") and self._has("VIOMMU"))
-    @rule(target=vdevices, data=st.data(), virt_id=st.integers(0, 3))
-    def vdevice_alloc(self, data: st.DataObject, virt_id: int) -> Any:
-        viommu = self._pick(data, "viommu", "VIOMMU")
-        dev = self._pick(data, "dev", "DEVICE")
-        pred = self.model.predict("vdevice_alloc", viommu=viommu, dev=dev, virt_id=virt_id)
-        return self._created("vdevice_alloc", pred)
 
     @precondition(lambda self: self._has("VIOMMU"))
     @rule(target=queues, data=st.data(), depth=st.sampled_from([1, 2, 4, 0]))

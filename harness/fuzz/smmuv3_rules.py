@@ -193,28 +193,8 @@ class SmmuMachine(CommonRules):
         parts = [c != 0 for c in choices]
         m = self.smmu
         dev = self._pick(data, "dev", "DEVICE", stale=False)
-
-        def made(rule_name: str, pred: Any) -> int | None:
-            before = m._next
-            self._do(rule_name, pred)
-            new = [h for h in range(before, m._next) if not m.objs[h].auto]
-            return new[0] if new else None
-
-        parent: int | None = None
-        if parts[0]:
-            ioas = self._pick(data, "ioas", "IOAS", stale=False)
-            parent = made(
-                "stack:nest_parent",
-                m.predict("hwpt_alloc", dev=dev, pt=ioas, flags="nest_parent"),
-            )
-        elif parents := [h for h in m.handles("HWPT_PAGING", alive=True)
-                         if m.objs[h].nest_parent]:  # fmt: skip
-            parent = data.draw(st.sampled_from(parents), "parent")
-        viommu: int | None = None
-        if parent is not None and parts[1]:
-            viommu = made("stack:viommu", m.predict("viommu_alloc", dev=dev, hwpt=parent))
-        elif viommus_ := m.handles("VIOMMU", alive=True):
-            viommu = data.draw(st.sampled_from(viommus_), "viommu")
+        made = self._made
+        viommu = self._stack_viommu(data, parts, dev, {"flags": "nest_parent"})
         if viommu is None:
             return
         if parts[2]:
@@ -248,14 +228,6 @@ class SmmuMachine(CommonRules):
         hwpt = self._pick(data, "nest parent", "HWPT_PAGING")
         pred = self.model.predict("viommu_alloc", dev=dev, hwpt=hwpt, viommu_type=viommu_type)
         return self._created("viommu_alloc", pred)
-
-    @precondition(lambda self: self._has("DEVICE") and self._has("VIOMMU"))
-    @rule(target=vdevices, data=st.data(), virt_id=st.integers(0, 3))
-    def vdevice_alloc(self, data: st.DataObject, virt_id: int) -> Any:
-        viommu = self._pick(data, "viommu", "VIOMMU")
-        dev = self._pick(data, "dev", "DEVICE")
-        pred = self.model.predict("vdevice_alloc", viommu=viommu, dev=dev, virt_id=virt_id)
-        return self._created("vdevice_alloc", pred)
 
     @precondition(lambda self: self._has("VIOMMU"))
     @rule(

@@ -205,11 +205,12 @@ class Session:
         self._call("IOMMU_VDEVICE_ALLOC", uapi.IOMMU_VDEVICE_ALLOC, cmd)
         return {"id": int(cmd.out_vdevice_id)}
 
-    def veventq_alloc(self, viommu: int, depth: int) -> dict[str, Any]:
+    def veventq_alloc(
+        self, viommu: int, depth: int, type: int = t.IOMMU_VEVENTQ_TYPE_SELFTEST
+    ) -> dict[str, Any]:
         cmd = uapi.iommu_veventq_alloc(
-            ctypes.sizeof(uapi.iommu_veventq_alloc), 0, viommu, t.IOMMU_VEVENTQ_TYPE_SELFTEST,
-            depth, 0, 0, 0,
-        )  # fmt: skip
+            ctypes.sizeof(uapi.iommu_veventq_alloc), 0, viommu, type, depth, 0, 0, 0
+        )
         self._call("IOMMU_VEVENTQ_ALLOC", uapi.IOMMU_VEVENTQ_ALLOC, cmd)
         qid = int(cmd.out_veventq_id)
         self.fds[qid] = int(cmd.out_veventq_fd)

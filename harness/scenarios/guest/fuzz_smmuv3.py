@@ -175,16 +175,6 @@ class SmmuSession(tier1.Session):
         self._with_vdevice.add(viommu)
         return made
 
-    def veventq_alloc(self, viommu: int, depth: int, type: int) -> dict[str, Any]:  # type: ignore[override]
-        cmd = uapi.iommu_veventq_alloc(
-            ctypes.sizeof(uapi.iommu_veventq_alloc), 0, viommu, type, depth, 0, 0, 0
-        )
-        self._call("IOMMU_VEVENTQ_ALLOC", uapi.IOMMU_VEVENTQ_ALLOC, cmd)
-        qid = int(cmd.out_veventq_id)
-        self.fds[qid] = int(cmd.out_veventq_fd)
-        self.kinds[qid] = "VEVENTQ"
-        return {"id": qid}
-
     # --- invalidation -----------------------------------------------------------------
 
     def invalidate(  # type: ignore[override]
