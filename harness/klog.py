@@ -46,7 +46,10 @@ SPLAT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("panic", re.compile(r"Kernel panic - not syncing")),
     (
         "warning",
-        re.compile(r"WARNING: CPU: \d+ PID: \d+ at |------------\[ cut here \]------------"),
+        re.compile(
+            r"WARNING: CPU: \d+ PID: \d+ at |WARNING: \S+:\d+ at \S+|"  # 7.x: file:line at fn
+            r"------------\[ cut here \]------------"
+        ),
     ),
 )
 
@@ -69,6 +72,15 @@ class Splat:
 
     def text(self) -> str:
         return "\n".join((self.first_line, *self.lines))
+
+    @property
+    def title(self) -> str:
+        """The first line without its timestamp, code offsets, CPU and task: what stays
+        the same when the same report comes again (the fuzzer's reduction matches on it)."""
+        text = _STAMP.sub("", self.first_line.strip())
+        text = re.sub(r"\+0x[0-9a-f]+/0x[0-9a-f]+", "", text)
+        text = re.sub(r"CPU: \d+ PID: \d+ ", "", text)  # before 6.19: "CPU: 1 PID: 321 at"
+        return re.sub(r",? CPU#\d+: .*$", "", text)  # 7.x: ", CPU#0: comm/pid"
 
 
 def classify(line: str) -> str | None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from harness import klog
 from harness.fuzz.model import Model
 
 #: call arguments that name objects (handles); None is a bogus ID, -1 "no fault queue"
@@ -35,12 +36,17 @@ class _InvalidError(Exception):
 
 
 def replay(
-    executor: Any, steps: list[dict[str, Any]], new_model: Callable[[], Model] = Model
+    executor: Any,
+    steps: list[dict[str, Any]],
+    new_model: Callable[[], Model] = Model,
+    on_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]] | None:
     """Replay ``steps`` (trace entries with ``call`` and ``created``) on a fresh session.
 
     Returns the new trace up to the first disagreement (its last entry has ``mismatch``),
-    the whole trace when every step agreed, or None when the subset is not replayable.
+    the whole trace when every step agreed, or None when the subset is not replayable;
+    the last entry carries the queue fds the model expects open (``open_fds``).
+    ``on_end`` gets what the session's end reported (its kernel log among it).
     """
     model = new_model()
     handles: dict[int, int] = {}
@@ -73,12 +79,15 @@ def replay(
             trace.append(entry)
             if problem is not None:
                 entry["mismatch"] = problem
-                entry["open_fds"] = model.open_queue_fds()
                 break
+        if trace:
+            trace[-1]["open_fds"] = model.open_queue_fds()
     except _InvalidError:
         return None
     finally:
-        executor.end()
+        end = executor.end()
+        if on_end is not None:
+            on_end(end)
     return trace
 
 
@@ -88,21 +97,44 @@ def reduce_trace(
     *,
     budget: float = 120.0,
     new_model: Callable[[], Model] = Model,
+    splat: str = "",
 ) -> list[dict[str, Any]]:
-    """The smallest replayable subset of ``trace`` that fails the same way (ddmin)."""
-    if not trace or not trace[-1].get("mismatch") or "call" not in trace[-1]:
+    """The smallest replayable subset of ``trace`` that fails the same way (ddmin).
+
+    A trace whose last step disagreed is reduced keeping that step; one whose every step
+    agreed and whose example ended with a kernel report (``splat``: its ``Splat.title``)
+    is reduced over all its steps, a subset failing the same way when its steps all agree
+    and its kernel log has a report with that title.
+    """
+    if not trace or "call" not in trace[-1]:
         return trace
-    want = signature(trace[-1])
+    steps: list[dict[str, Any]]
+    last: list[dict[str, Any]]
+    if trace[-1].get("mismatch"):
+        steps, last = trace[:-1], [trace[-1]]
+        want = signature(trace[-1])
+
+        def fails(candidate: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+            result = replay(executor, candidate, new_model)
+            if result and result[-1].get("mismatch") and signature(result[-1]) == want:
+                return result
+            return None
+
+    elif splat:
+        steps, last = trace, []
+
+        def fails(candidate: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+            ends: list[dict[str, Any]] = []
+            result = replay(executor, candidate, new_model, ends.append)
+            if not result or result[-1].get("mismatch") or not ends:
+                return None
+            titles = {s.title for s in klog.find_splats(str(ends[0].get("dmesg", "")))}
+            return result if splat in titles else None
+
+    else:
+        return trace
     deadline = time.monotonic() + budget
     best = trace
-
-    def fails(candidate: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        result = replay(executor, candidate, new_model)
-        if result and result[-1].get("mismatch") and signature(result[-1]) == want:
-            return result
-        return None
-
-    steps, last = trace[:-1], trace[-1]
     chunks = 2
     while steps and time.monotonic() < deadline:
         size = max(len(steps) // chunks, 1)
@@ -111,7 +143,7 @@ def reduce_trace(
             if time.monotonic() >= deadline:
                 break
             candidate = steps[:start] + steps[start + size :]
-            result = fails([*candidate, last])
+            result = fails([*candidate, *last])
             if result is not None:
                 steps, best = candidate, result
                 chunks = max(chunks - 1, 2)

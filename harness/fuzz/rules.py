@@ -65,12 +65,19 @@ class FuzzFailureError(AssertionError):
     """The kernel (or the guest) disagreed with the model; carries the example's trace."""
 
     def __init__(
-        self, what: str, trace: list[dict[str, Any]], splat: str = "", open_fds: int = 0
+        self,
+        what: str,
+        trace: list[dict[str, Any]],
+        splat: str = "",
+        open_fds: int = 0,
+        splat_title: str = "",
     ) -> None:
         super().__init__(what)
         self.what = what
         self.trace = [dict(s) for s in trace]
         self.splat = splat
+        #: the first kernel report's ``Splat.title`` (what a reduction must meet again)
+        self.splat_title = splat_title
         #: queue fds the model expects open after the last step it accepted
         self.open_fds = open_fds
 
@@ -203,12 +210,14 @@ class FuzzMachine(RuleBasedStateMachine):
             self._fail(f"step {len(self.trace) - 1} ({pred.op}): {problem}")
         return obs if obs.get("outcome") == "ok" else None
 
-    def _fail(self, what: str, splat: str = "") -> None:
+    def _fail(self, what: str, splat: str = "", splat_title: str = "") -> None:
         self.failed = True
         self.fuzz_run.failures_seen += 1
         if self.fuzz_run.first_failure_at is None:
             self.fuzz_run.first_failure_at = time.monotonic()
-        failure = FuzzFailureError(what, self.trace, splat, self.model.open_queue_fds())
+        failure = FuzzFailureError(
+            what, self.trace, splat, self.model.open_queue_fds(), splat_title
+        )
         self.fuzz_run.failure = failure
         raise failure
 
@@ -247,8 +256,9 @@ class FuzzMachine(RuleBasedStateMachine):
         splats = klog.find_splats(str(end.get("dmesg", "")))
         if splats:
             self._fail(
-                f"kernel {splats[0].kind}: {splats[0].first_line}",
+                f"kernel {splats[0].kind}: {splats[0].title}",
                 "\n\n".join(f"[{s.kind}] {s.text()}" for s in splats),
+                splats[0].title,
             )
 
     # --- choosing arguments -------------------------------------------------------

@@ -209,19 +209,22 @@ def fuzz(
     result.chunks = i
     if result.failure is not None and result.failure.trace:
         t1 = time.monotonic()
-        before = len(result.failure.trace)
+        old = result.failure
+        before = len(old.trace)
         reduced = reduce_trace(
             executor,
-            result.failure.trace,
+            old.trace,
             budget=shrink_limit if reduce_limit is None else reduce_limit,
             new_model=machine.new_model,
+            splat=old.splat_title if old.failing_step is None else "",
         )
-        if reduced is not result.failure.trace:
+        if reduced is not old.trace:
             last = reduced[-1]
-            what = f"step {len(reduced) - 1} ({last['step']['op']}): {last['mismatch']}"
-            old = result.failure
+            what = old.what
+            if last.get("mismatch"):
+                what = f"step {len(reduced) - 1} ({last['step']['op']}): {last['mismatch']}"
             fds = int(last.get("open_fds", old.open_fds))
-            result.failure = FuzzFailureError(what, reduced, old.splat, fds)
+            result.failure = FuzzFailureError(what, reduced, old.splat, fds, old.splat_title)
         result.facts.update(
             hypothesis_shrunk_steps=before,
             reduced_steps=len(result.failure.trace),

@@ -130,3 +130,49 @@ def test_every_step_binds_to_the_guest_session(monkeypatch: pytest.MonkeyPatch) 
     new_ops = {"option", "hw_info", "iova_ranges", "allow_iovas", "set_dirty_tracking",
                "mark_dirty", "dirty_bitmap"}  # fmt: skip
     assert new_ops <= kernel.ops, new_ops - kernel.ops
+
+
+WARN_AT_END = """\
+[  180.442065] ------------[ cut here ]------------
+[  180.442158] WARNING: drivers/iommu/iommufd/viommu.c:9 at iommufd_viommu_destroy+0x6b/0xa0, CPU#0: python3/78
+"""  # noqa: E501
+
+
+class SplatAtEnd(ModelKernel):
+    """A stand-in kernel that WARNs when an example that made a vIOMMU and a fault queue
+    ends (every step answered as predicted: only the end-of-example oracle sees it)."""
+
+    def begin(self) -> None:
+        super().begin()
+        self.made: set[str] = set()
+
+    def step(self, wire: dict[str, Any]) -> dict[str, Any]:
+        obs = super().step(wire)
+        if obs["outcome"] == "ok":
+            self.made.add(wire["op"])
+        return obs
+
+    def end(self) -> dict[str, Any]:
+        end = super().end()
+        if {"viommu_alloc", "fault_alloc"} <= self.made:
+            end["dmesg"] = WARN_AT_END
+        return end
+
+
+def test_an_end_of_example_splat_is_reduced_to_the_steps_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kernel = SplatAtEnd(monkeypatch)
+    result = fuzz(kernel, budget=60.0, seed=3,
+                  log=lambda _: None, shrink_limit=10.0, reduce_limit=600.0)  # fmt: skip
+    failure = result.failure
+    assert failure is not None, result.summary()
+    title = "WARNING: drivers/iommu/iommufd/viommu.c:9 at iommufd_viommu_destroy"
+    assert failure.failing_step is None and failure.splat_title == title
+    assert str(failure) == f"kernel warning: {title}"
+    ops = [s["step"]["op"] for s in failure.trace]
+    assert {"viommu_alloc", "fault_alloc"} <= set(ops) and len(ops) <= 8, ops
+    for i in range(len(failure.trace)):  # 1-minimal: without any one step, no WARN
+        ends: list[dict[str, Any]] = []
+        again = replay(kernel, failure.trace[:i] + failure.trace[i + 1 :], on_end=ends.append)
+        assert again is None or not ends or "WARNING" not in ends[0]["dmesg"], ops[i]

@@ -72,6 +72,28 @@ def test_each_report_kind_is_found_with_its_first_line(text: str, kind: str, fir
     assert first in splats[0].first_line
 
 
+WARN_73 = """\
+[  180.442065] ------------[ cut here ]------------
+[  180.442158] WARNING: drivers/iommu/iommufd/iommufd_private.h:241 at iommufd_device_unbind+0x6b/0xa0, CPU#0: python3/78
+[  180.443614] CPU: 0 UID: 0 PID: 78 Comm: python3 Tainted: G        W           7.3.4 #2
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "title"),
+    [
+        (WARN_73, "WARNING: drivers/iommu/iommufd/iommufd_private.h:241 at iommufd_device_unbind"),
+        (WARN, "WARNING: at drivers/iommu/iommufd/viommu.c:142 iommufd_vdevice_destroy"),
+    ],
+)
+def test_a_warns_title_drops_time_offsets_cpu_and_task(text: str, title: str) -> None:
+    """7.x prints ``WARNING: file:line at fn+off/size, CPU#n: comm/pid`` (older kernels
+    ``WARNING: CPU: n PID: p at file:line fn+off/size``); both are warnings, and their
+    titles are what a repeat of the same report has in common."""
+    (splat,) = klog.find_splats(HEALTHY + text)
+    assert splat.kind == "warning" and splat.title == title
+
+
 def test_a_warn_keeps_its_call_trace_up_to_the_end_marker() -> None:
     (splat,) = klog.find_splats(WARN)
     assert splat.first_line.endswith("iommufd_vdevice_destroy+0x5c/0x80")
