@@ -39,6 +39,9 @@ from harness.scenarios.smmuv3 import bind_edu
 from harness.scenarios.tier1 import preflight
 
 SUMMARY = "fuzz-summary.json"
+#: seconds delta debugging may replay subsets of a failure in the guest (hypothesis has
+#: its own 120): a 93-step kernel-WARN trace took 120 s to reach 34 steps
+REDUCE_LIMIT_S = 600.0
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -144,7 +147,8 @@ def run_fuzz(
             rules = SmmuMachine
             executor = GuestExecutor(guest, plant, cdev=cdev, hardware=observer)
         result = fuzz(executor, budget=budget, seed=seed, database=database, steps=steps,
-                      chunk=CHUNK, log=log, rules=rules, facts=facts)  # fmt: skip
+                      chunk=CHUNK, log=log, rules=rules, facts=facts,
+                      reduce_limit=REDUCE_LIMIT_S)  # fmt: skip
         summary = result.summary()
         summary.update(
             arch=arch, tier=tier, kernel_flavor=flavor, plant=plant, accel=guest.vm.accel,

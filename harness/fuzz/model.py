@@ -64,6 +64,7 @@ IOCTL = {
     "close_fd": "close(queue fd)",
     "option": "IOMMU_OPTION",
     "hw_info": "IOMMU_GET_HW_INFO",
+    "vfio_ioas": "IOMMU_VFIO_IOAS",
     "iova_ranges": "IOMMU_IOAS_IOVA_RANGES",
     "allow_iovas": "IOMMU_IOAS_ALLOW_IOVAS",
     "set_dirty_tracking": "IOMMU_HWPT_SET_DIRTY_TRACKING",
@@ -208,6 +209,8 @@ class Model:
         self.by_kid: dict[int, tuple[str, Obj]] = {}
         self.tombstones: set[int] = set()
         self._next = 0
+        #: the VFIO compatibility IOAS (IOMMU_VFIO_IOAS SET; its destroy clears it)
+        self.vfio_ioas: Obj | None = None
         #: IOMMU_OPTION_RLIMIT_MODE: account_mode is IOPT_PAGES_ACCOUNT_MM (kzalloc'd
         #: context: NONE, reported as 0)
         self.rlimit_mm = False
@@ -698,6 +701,27 @@ class Model:
             )
 
         return self._p("veventq_alloc", wire, OK, commit)
+
+    def _op_vfio_ioas(self, action: str, ioas: int | None = None) -> Prediction:
+        """IOMMU_VFIO_IOAS (iommufd_vfio_ioas): ``get`` the compat IOAS (ENODEV when none
+        is set or it was destroyed: iommufd_object_remove clears it), ``set`` one (ENOENT:
+        not an IOAS), ``clear`` it; ``bad``: an unknown op (EOPNOTSUPP)."""
+        wire: dict[str, Any] = {"action": action, "ioas": self.kid(ioas)}
+        if action == "bad":
+            return self._p("vfio_ioas", wire, "EOPNOTSUPP")
+        if action == "get":
+            compat = self.vfio_ioas if self.vfio_ioas is not None and self.vfio_ioas.alive else None
+            if compat is None:
+                return self._p("vfio_ioas", wire, "ENODEV")
+            return self._p("vfio_ioas", wire, OK, None, ioas=compat.kid)
+        target = self.typed(wire["ioas"], "IOAS") if action == "set" else None
+        if action == "set" and target is None:
+            return self._p("vfio_ioas", wire, "ENOENT")
+
+        def commit(obs: dict[str, Any]) -> None:
+            self.vfio_ioas = target
+
+        return self._p("vfio_ioas", wire, OK, commit)
 
     def _op_fault_alloc(self) -> Prediction:
         def commit(obs: dict[str, Any]) -> None:

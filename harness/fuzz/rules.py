@@ -366,6 +366,13 @@ class CommonRules(FuzzMachine):
             return
         self._do("destroy_any", self.model.predict("destroy", target=obj))
 
+    # --- the VFIO compatibility IOAS -------------------------------------------------
+
+    @rule(data=st.data(), action=st.sampled_from(["get", "set", "set", "clear", "bad"]))
+    def vfio_ioas(self, data: st.DataObject, action: str) -> None:
+        ioas = self._pick(data, "ioas", "IOAS") if self._has("IOAS") else None
+        self._do("vfio_ioas", self.model.predict("vfio_ioas", action=action, ioas=ioas))
+
     # --- vDEVICE (a vIOMMU and a device of the tier) ------------------------------
 
     @precondition(lambda self: self._has("DEVICE") and self._has("VIOMMU"))

@@ -558,3 +558,17 @@ def test_a_destroyed_device_keeps_its_pasid_holds() -> None:
     d.do("pasid_attach", dev=dev, pasid=1, pt=second)
     assert d.do("destroy", target=dev).outcome == OK
     assert d.do("destroy", target=second).outcome == "EBUSY"
+
+
+def test_the_vfio_compat_ioas_is_set_got_cleared_and_forgotten_on_destroy() -> None:
+    """iommufd_vfio_ioas: GET is ENODEV until SET names an IOAS; SET of a non-IOAS is
+    ENOENT; destroying the compat IOAS clears it (iommufd_object_remove)."""
+    m = Model()
+    assert m.predict("vfio_ioas", action="get").outcome == "ENODEV"
+    assert m.predict("vfio_ioas", action="set", ioas=None).outcome == "ENOENT"
+    assert m.predict("vfio_ioas", action="bad").outcome == "EOPNOTSUPP"
+    m.predict("ioas_alloc").settle({"outcome": "ok", "id": 1})
+    assert m.predict("vfio_ioas", action="set", ioas=0).settle({"outcome": "ok"}) is None
+    assert m.predict("vfio_ioas", action="get").fields == {"ioas": 1}
+    m.predict("destroy", target=0).settle({"outcome": "ok"})
+    assert m.predict("vfio_ioas", action="get").outcome == "ENODEV"

@@ -86,7 +86,7 @@ def _veventq_nested_invalidate(m: model_mod.Model, pred: model_mod.Prediction) -
 
 def test_a_divergence_is_found_and_shrunk(monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = ModelKernel(monkeypatch, _veventq_nested_invalidate)
-    result = fuzz(kernel, budget=60.0, seed=1,
+    result = fuzz(kernel, budget=300.0, seed=1,
                   log=lambda _: None, shrink_limit=10.0, reduce_limit=600.0)  # fmt: skip
     # (delta debugging runs to its end, a 1-minimal trace, however loaded the machine is)
     assert result.failure is not None, result.summary()
@@ -163,7 +163,7 @@ def test_an_end_of_example_splat_is_reduced_to_the_steps_it_needs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     kernel = SplatAtEnd(monkeypatch)
-    result = fuzz(kernel, budget=60.0, seed=3,
+    result = fuzz(kernel, budget=300.0, seed=3,
                   log=lambda _: None, shrink_limit=10.0, reduce_limit=600.0)  # fmt: skip
     failure = result.failure
     assert failure is not None, result.summary()

@@ -401,7 +401,7 @@ def cast_smmu(m: model_mod.Model) -> SmmuModel:
 
 def test_a_divergence_is_found_and_shrunk(monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = ModelKernel(monkeypatch, _cfgi_cd_for_a_gone_vdevice)
-    result = run(kernel, 60.0, shrink_limit=10.0, reduce_limit=600.0)
+    result = run(kernel, 300.0, shrink_limit=10.0, reduce_limit=600.0)
     assert result.failure is not None, result.summary()
     trace = result.failure.trace
     ops = [s["step"]["op"] for s in trace]

@@ -217,6 +217,13 @@ class Session:
         self.kinds[qid] = "VEVENTQ"
         return {"id": qid}
 
+    def vfio_ioas(self, action: str, ioas: int) -> dict[str, Any]:
+        op = {"get": uapi.IOMMU_VFIO_IOAS_GET, "set": uapi.IOMMU_VFIO_IOAS_SET,
+              "clear": uapi.IOMMU_VFIO_IOAS_CLEAR}.get(action, 7)  # fmt: skip
+        cmd = uapi.iommu_vfio_ioas(ctypes.sizeof(uapi.iommu_vfio_ioas), ioas, int(op), 0)
+        self._call("IOMMU_VFIO_IOAS", uapi.IOMMU_VFIO_IOAS, cmd)
+        return {"ioas": int(cmd.ioas_id)} if action == "get" else {}
+
     def fault_alloc(self) -> dict[str, Any]:
         cmd = uapi.iommu_fault_alloc(ctypes.sizeof(uapi.iommu_fault_alloc), 0, 0, 0)
         self._call("IOMMU_FAULT_QUEUE_ALLOC", uapi.IOMMU_FAULT_QUEUE_ALLOC, cmd)
