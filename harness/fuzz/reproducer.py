@@ -18,7 +18,8 @@ from harness import repro
 from harness.fuzz.replay import NAME, NAME_SMMUV3, get_registered, step_label
 from harness.fuzz.rules import FuzzFailureError, GuestLostError
 from harness.guest import Guest
-from harness.scenarios.base import Check, Prepared, Verdict
+from harness.scenarios.base import EFFECT, Check, Prepared, Verdict
+from harness.scenarios.runner import KERNEL_HEALTH
 
 SCRIPT = "fuzz-repro.py"
 REPORT = "fuzz-failure.json"
@@ -97,6 +98,21 @@ def failure_report(failure: FuzzFailureError | GuestLostError) -> dict[str, Any]
     return report
 
 
+def failed_row(failure: FuzzFailureError | GuestLostError) -> Check:
+    """The row the failure fails, named as the replay scenario names it (so that ``harness
+    repro`` can tell the same failure from another): the disagreeing step's, the kernel
+    log's for a report at the end of the example, else a row for the example as a whole."""
+    index = failure.failing_step if isinstance(failure, FuzzFailureError) else None
+    if index is not None:
+        bad = failure.trace[index]
+        got = bad.get("got") or {}
+        return Check.effect(step_label(index, bad["step"]), bad["expect"],
+                            {k: got.get(k) for k in bad["expect"]})  # fmt: skip
+    if isinstance(failure, FuzzFailureError) and failure.splat_title:
+        return Check(KERNEL_HEALTH, "no reports", str(failure), False, kind=EFFECT)
+    return Check("fuzz example", "as the model predicts", str(failure), False)
+
+
 def script_text(
     failure: FuzzFailureError | GuestLostError,
     plant: str | None,
@@ -156,7 +172,7 @@ def write(
         }
         scenario = get_registered(NAME if cdev is None else NAME_SMMUV3)
         verdict = Verdict(scenario.name)
-        verdict.add(Check("fuzz example", "as the model predicts", str(failure), False))
+        verdict.add(failed_row(failure))
         bundle = repro.scenario_bundle(scenario, params, prepared, guest, directory,
                                        verdict=verdict)  # fmt: skip
         written["bundle"] = repro.write_bundle(bundle, directory)

@@ -203,6 +203,10 @@ def run_scenario(
 
 
 SPLATS_FILE = "kernel-splats.txt"
+#: the name of the row ``kernel_health`` adds to every verdict
+KERNEL_HEALTH = (
+    "guest kernel log since the scenario began: no WARN/BUG/Oops/KASAN/UBSAN/lockdep/stall"
+)
 
 
 def kernel_health(guest: Guest, mark: str) -> Check:
@@ -210,7 +214,7 @@ def kernel_health(guest: Guest, mark: str) -> Check:
     refcount, RCU-stall or lockup report (``harness.klog``).  A hit fails the row with the
     first line of the first report; every report with its trace goes to the artifacts.
     """
-    name = "guest kernel log since the scenario began: no WARN/BUG/Oops/KASAN/UBSAN/lockdep/stall"
+    name = KERNEL_HEALTH
     try:
         text = str(guest.call("system.dmesg", since=mark, timeout=30))
     except AgentError as exc:  # the mark scrolled out, or the agent is gone: read the console

@@ -88,3 +88,18 @@ def test_budget(text: str, seconds: float) -> None:
 def test_bad_budget_is_one_line(text: str) -> None:
     with pytest.raises(ConfigError, match="--budget"):
         parse_budget(text)
+
+
+def test_the_bundle_fails_the_row_the_replay_will_fail() -> None:
+    """A step that disagreed fails that step's row; a kernel report at the end of the
+    example the kernel-log row (``harness repro`` compares the failing rows by name)."""
+    from harness.scenarios.runner import KERNEL_HEALTH
+
+    step = {"step": {"op": "destroy", "args": {"id": 3}}, "expect": {"outcome": "ok"}}
+    bad = {**step, "got": {"outcome": "EBUSY"}, "mismatch": "outcome: expected ok, got EBUSY"}
+    row = reproducer.failed_row(FuzzFailureError("step 1 (destroy)", [step, bad]))
+    assert (row.name, row.ok, row.got) == ("step 1: destroy(id=3)", False, {"outcome": "EBUSY"})
+    title = "WARNING: drivers/iommu/iommufd/iommufd_private.h:241 at iommufd_device_unbind"
+    warned = FuzzFailureError(f"kernel warning: {title}", [step], "[warning] ...", 0, title)
+    row = reproducer.failed_row(warned)
+    assert (row.name, row.ok, row.kind) == (KERNEL_HEALTH, False, "effect")
