@@ -632,11 +632,9 @@ class Model:
                 new_kind, attrs = "HWPT_NESTED", {"parent": obj.hwpt, "viommu": obj}
         else:
             return p("EINVAL")
-        fault_obj = None
-        if has_fault:
-            fault_obj = self.typed(wire["fault"], "FAULT")
-            if fault_obj is None:
-                return p("ENOENT")
+        outcome, fault_obj = self._hwpt_fault(wire)
+        if outcome != OK:
+            return p(outcome)
 
         def commit(obs: dict[str, Any]) -> None:
             if new_kind == "HWPT_PAGING":
@@ -645,6 +643,15 @@ class Model:
                 self._new(new_kind, obs["id"], fault=fault_obj, pasid_compat=pasid, **attrs)
 
         return p(OK, commit)
+
+    def _hwpt_fault(self, wire: dict[str, Any]) -> tuple[str, Obj | None]:
+        """IOMMU_HWPT_ALLOC's fault queue, looked up after the HWPT is made
+        (iommufd_get_fault): (OK, the queue, or None when ``wire["fault"]`` is -1), or
+        ("ENOENT", None) when the ID names no fault queue."""
+        if wire["fault"] == -1:
+            return OK, None
+        fault = self.typed(wire["fault"], "FAULT")
+        return (OK, fault) if fault is not None else ("ENOENT", None)
 
     # vIOMMU ----------------------------------------------------------------------------
 

@@ -18,9 +18,8 @@ from harness.qemu.viommu_regs import (
     Reader,
     ViommuRegsError,
     find_viommus,
-    read_smmu,
     read_smmu_id_regs,
-    read_ste,
+    read_ste_now,
     smmu_active_errors,
 )
 from harness.smmuv3.registers import decode_id_regs
@@ -60,8 +59,7 @@ class SmmuObserver:
         ``ste_s1ctxptr`` for a nested STE)."""
         if wire["op"] not in STE_OPS or observed.get("outcome") != "ok":
             return
-        snapshot = read_smmu(self.reader, self.window, pause=False, queues=False)
-        word0 = int.from_bytes(read_ste(self.reader, snapshot, self.sid)[:8], "little")
+        word0 = int.from_bytes(read_ste_now(self.reader, self.window, self.sid)[:8], "little")
         self.ste_reads += 1
         config = (word0 & STE0_CFG) >> 1
         observed["ste_config"] = (

@@ -368,11 +368,9 @@ class SmmuModel(Model):
             new_kind, attrs = "HWPT_NESTED", {"parent": obj.hwpt, "viommu": obj}
         else:
             return p("EINVAL")
-        fault_obj = None
-        if has_fault:
-            fault_obj = self.typed(wire["fault"], "FAULT")
-            if fault_obj is None:
-                return p("ENOENT")
+        outcome, fault_obj = self._hwpt_fault(wire)
+        if outcome != OK:
+            return p(outcome)
 
         def commit(obs: dict[str, Any]) -> None:
             made = self._new(new_kind, obs["id"], fault=fault_obj, **attrs)

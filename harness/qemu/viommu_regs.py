@@ -401,8 +401,17 @@ def smmu_active_errors(reader: Reader, window: MmioWindow) -> int:
 
 def read_ste(reader: Reader, snapshot: SmmuSnapshot, sid: int) -> bytes:
     """The 64-byte STE of StreamID ``sid`` (linear or 2-level stream table)."""
-    cfg = snapshot.strtab_base_cfg
-    table = snapshot.strtab_base & STRTAB_BASE_ADDR_MASK
+    return _read_ste(reader, snapshot.strtab_base, snapshot.strtab_base_cfg, sid)
+
+
+def read_ste_now(reader: Reader, window: MmioWindow, sid: int) -> bytes:
+    """The STE of ``sid`` as the SMMU would fetch it now (two register reads, no snapshot)."""
+    base = reader.u64(window.base + SMMU_STRTAB_BASE)
+    return _read_ste(reader, base, reader.u32(window.base + SMMU_STRTAB_BASE_CFG), sid)
+
+
+def _read_ste(reader: Reader, strtab_base: int, cfg: int, sid: int) -> bytes:
+    table = strtab_base & STRTAB_BASE_ADDR_MASK
     log2size, split, fmt = cfg & 0x3F, cfg >> 6 & 0x1F, cfg >> 16 & 0x3
     if not table:
         raise ViommuRegsError("SMMU_STRTAB_BASE is unset: the stream table is not programmed")

@@ -25,7 +25,8 @@ Planted = Callable[[model_mod.Model, model_mod.Prediction], str | None]
 
 
 class ModelKernel:
-    """Answers each step as the model predicted it (a stand-in for the guest)."""
+    """Answers each step as the model predicted it (a stand-in for the guest, either tier:
+    every new object's IDs, the HWPT an attach lands on, a healthy SMMU at the end)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, planted: Planted | None = None) -> None:
         self.ids = itertools.count(1)
@@ -48,7 +49,7 @@ class ModelKernel:
     def end(self) -> dict[str, Any]:
         m = self.last[0] if self.last else None
         return {"queue_fds": m.open_queue_fds() if m else 0, "queue_fds_after_close": 0,
-                "dmesg": ""}  # fmt: skip
+                "dmesg": "", "smmu": {"gerror_active": 0}}  # fmt: skip
 
     def step(self, wire: dict[str, Any]) -> dict[str, Any]:
         assert self.last is not None
@@ -58,7 +59,7 @@ class ModelKernel:
             return {"outcome": planted, **pred.fields}
         if pred.outcome == "ok":
             obs.update(id=next(self.ids), stdev=next(self.ids), idev=next(self.ids))
-            if "hwpt" not in obs and pred.op in ("mock_device", "replace"):
+            if "hwpt" not in obs and pred.op in ("mock_device", "replace", "attach"):
                 obs["hwpt"] = next(self.ids)
         return obs
 

@@ -9,7 +9,6 @@ cannot boot a guest; tests/vm/test_fuzz.py runs tier 2 on QEMU's SMMUv3).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from harness.fuzz.runner import fuzz
 from harness.fuzz.smmuv3_model import SmmuFacts, SmmuModel, command_words
 from harness.fuzz.smmuv3_rules import SmmuMachine
 from harness.smmuv3.registers import decode_id_regs
+from tests.unit.test_fuzz_rules import ModelKernel
 
 pytestmark = pytest.mark.tier0
 
@@ -316,45 +316,6 @@ def test_hw_info_returns_qemus_id_registers(k: Kernel) -> None:
 
 
 # --- the state machine -----------------------------------------------------------------------
-
-Planted = Callable[[model_mod.Model, model_mod.Prediction], str | None]
-
-
-class ModelKernel:
-    """A stand-in guest: answers each step as the model predicted it, but where planted."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, planted: Planted | None = None) -> None:
-        self.ids = itertools.count(1)
-        self.planted = planted
-        self.last: tuple[model_mod.Model, model_mod.Prediction] | None = None
-        original = model_mod.Model.predict
-
-        def predict(m: model_mod.Model, op: str, **args: Any) -> model_mod.Prediction:
-            pred = original(m, op, **args)
-            self.last = (m, pred)
-            return pred
-
-        monkeypatch.setattr(model_mod.Model, "predict", predict)
-
-    def begin(self) -> None:
-        self.last = None
-
-    def end(self) -> dict[str, Any]:
-        m = self.last[0] if self.last else None
-        return {"queue_fds": m.open_queue_fds() if m else 0, "queue_fds_after_close": 0,
-                "dmesg": "", "smmu": {"gerror_active": 0}}  # fmt: skip
-
-    def step(self, wire: dict[str, Any]) -> dict[str, Any]:
-        assert self.last is not None
-        m, pred = self.last
-        if self.planted is not None and (planted := self.planted(m, pred)):
-            return {"outcome": planted, **pred.fields}
-        obs: dict[str, Any] = {"outcome": pred.outcome, **pred.fields}
-        if pred.outcome == "ok":
-            obs["id"] = next(self.ids)
-            if pred.op == "attach":
-                obs.setdefault("hwpt", next(self.ids))
-        return obs
 
 
 def run(kernel: ModelKernel, budget: float, **kwargs: Any) -> Any:

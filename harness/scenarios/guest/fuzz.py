@@ -73,6 +73,9 @@ PLANTS = {
 class Session:
     """One /dev/iommu fd with the mock, a 16-page buffer, and the queue fds it opened."""
 
+    #: bytes of vendor payload after each vEVENT header (the mock's vEVENT)
+    event_payload = EVENT_PAYLOAD
+
     def __init__(self, plant: str | None = None) -> None:
         if plant is not None and plant not in PLANTS:
             raise ValueError(f"unknown plant {plant!r}; known: {', '.join(PLANTS)}")
@@ -397,7 +400,7 @@ class Session:
         fd = self._fd(queue, "VEVENTQ")
         records: list[list[Any]] = []
         while data := os.read(fd, 4096):
-            for event in split_vevents(data, EVENT_PAYLOAD):
+            for event in split_vevents(data, self.event_payload):
                 records.append(["lost" if event.lost_events else "event", event.sequence])
         return {"records": records}
 

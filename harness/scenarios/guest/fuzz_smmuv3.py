@@ -21,7 +21,7 @@ from typing import Any
 from guests.agent.server import method
 from harness.devices.edu import Edu
 from harness.driver import PAGE_SIZE, DmaBuffer, IommuFD
-from harness.driver.iommufd import invalidate, split_vevents
+from harness.driver.iommufd import invalidate
 from harness.driver.vfio import VfioDevice
 from harness.scenarios.guest import fuzz as tier1
 from harness.uapi import iommufd as uapi
@@ -50,6 +50,8 @@ def _words(words: list[int]) -> bytes:
 
 class SmmuSession(tier1.Session):
     """One /dev/iommu fd, a 16-page buffer, the queue fds, and the device's cdev."""
+
+    event_payload = EVENT_PAYLOAD
 
     def __init__(self, cdev: str, plant: str | None = None) -> None:  # no mock: no super()
         if plant is not None and plant not in PLANTS:
@@ -197,14 +199,6 @@ class SmmuSession(tier1.Session):
         else:
             done = invalidate(self.ictx, target, kind, blob, entry_len=entry)
         return {"done": done}
-
-    def read_vevents(self, queue: int) -> dict[str, Any]:
-        fd = self._fd(queue, "VEVENTQ")
-        records: list[list[Any]] = []
-        while data := os.read(fd, 4096):
-            for event in split_vevents(data, EVENT_PAYLOAD):
-                records.append(["lost" if event.lost_events else "event", event.sequence])
-        return {"records": records}
 
 
 @method
